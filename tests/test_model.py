@@ -1,0 +1,308 @@
+"""model.py: parity with the authors' model, the equations, causality, masking, loss, errors."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import RVM, RVMConfig, load_model, load_official, official_name
+
+TINY = dict(patch_size=8, width=32, enc_layers=1, enc_heads=2, core_layers=1, core_heads=2,
+            dec_width=32, dec_layers=1, dec_heads=2)
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return RVM(RVMConfig(**{**TINY, **kw}))
+
+
+def channels_first(a):
+    return torch.from_numpy(np.asarray(a)).permute(0, 1, 4, 2, 3).contiguous()
+
+
+# -- parity with the authors' implementation (reference/README.md) --------------------------------
+
+@pytest.fixture(scope="module")
+def ref(shared):
+    with np.load(shared / "reference" / "official_micro_a.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="module")
+def official(shared):
+    return load_official(shared / "reference" / "official_micro_a.npz", mask_ratio=0.75)
+
+
+def close(ours, theirs, tol=1e-5):
+    theirs = torch.as_tensor(np.asarray(theirs))
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    err = (ours.float() - theirs.float()).abs().max().item()
+    assert err <= tol, f"max abs error {err:.2e}"
+
+
+def test_config_inferred_from_official_shapes(official):
+    c = official.config
+    assert (c.patch_size, c.width, c.enc_layers, c.enc_heads, c.enc_mlp) == (16, 32, 1, 2, 128)
+    assert (c.core_layers, c.core_heads, c.core_mlp) == (2, 2, 128)
+    assert (c.dec_width, c.dec_layers, c.dec_heads, c.dec_mlp, c.n_deltas) == (64, 2, 4, 256, 64)
+
+
+def test_parity_intermediates(official, ref):
+    frame0 = channels_first(ref["video"])[:, 0]
+    close(official._positions_for("enc", 4, 4, "cpu"), ref["debug/posenc_encoder"].reshape(16, 32))
+    close(official._positions_for("dec", 4, 4, "cpu"), ref["debug/posenc_decoder"].reshape(16, 64))
+    with torch.no_grad():
+        patch = official.tokenizer(frame0).permute(0, 2, 3, 1)
+        close(patch, ref["debug/frame0_patch_embed_out"])
+        close(official.tokenize(frame0), ref["debug/frame0_tokenizer_out"].reshape(1, 16, 32))
+        close(official.encode(frame0), ref["debug/frame0_encoder_out"])
+
+
+def test_parity_streaming_features_and_state(official, ref):
+    video = channels_first(ref["video"])
+    state, feats = None, []
+    with torch.no_grad():
+        for t in range(video.shape[1]):
+            o, state = official.step(video[:, t], state)
+            feats.append(o)
+        close(torch.stack(feats, 1), ref["features"])
+        close(state, ref["state"])
+        close(official.features(video), ref["features"])
+
+
+def test_parity_reconstruction_with_injected_mask(official, ref):
+    source, target = channels_first(ref["source"]), channels_first(ref["target"])
+    with torch.no_grad():
+        close(official._source_features(source), ref["recon_features"])
+        loss, recon, mask = official(source, target, torch.from_numpy(ref["target_deltas"]),
+                                     mask_perm=torch.from_numpy(ref["mask_perm"]))
+    close(recon.permute(0, 1, 3, 4, 2), ref["reconstructed"])
+    close(mask.float(), ref["mask"][..., 0], tol=0)
+    expected_loss = ((ref["reconstructed"] - ref["target"]) ** 2).mean()
+    assert abs(loss.item() - expected_loss) < 1e-5
+
+
+def test_loader_names_missing_unexpected_and_misshaped_keys(ref):
+    params = {k[len("param/"):]: v for k, v in ref.items() if k.startswith("param/")}
+    broken = dict(params)
+    del broken["rnn_core/state_reset/kernel"]
+    with pytest.raises(ValueError, match="rnn_core/state_reset/kernel"):
+        load_official(broken)
+    with pytest.raises(ValueError, match="decoder/extra/kernel"):
+        load_official({**params, "decoder/extra/kernel": np.zeros((2, 2), np.float32)})
+    bad = dict(params)
+    bad["encoder/layers_0/mlp/dense_out/kernel"] = np.zeros((128, 31), np.float32)
+    with pytest.raises(ValueError, match="encoder/layers_0/mlp/dense_out/kernel"):
+        load_official(bad)
+
+
+@pytest.mark.parametrize("size,width,heads,layers,core_heads,paper,tol", [
+    ("S", 384, 6, 12, 8, 34e6, 0.10), ("B", 768, 12, 12, 12, 117e6, 0.10),
+    ("L", 1024, 16, 24, 16, 375e6, 0.01), ("H", 1280, 16, 32, 16, 743e6, 0.01)])
+def test_table5_sizes_and_official_key_names(shared, size, width, heads, layers, core_heads, paper, tol):
+    with torch.device("meta"):  # no memory, no time: the big ones are only counted
+        model = RVM(RVMConfig(width=width, enc_heads=heads, enc_layers=layers, core_heads=core_heads))
+    assert abs(model.num_params() - paper) / paper < tol
+    theirs = {}
+    for line in (shared / "reference" / f"official_keys_{size}.txt").read_text().splitlines():
+        key, shape = line.rsplit(" (", 1)
+        theirs[key] = tuple(int(s) for s in shape.rstrip(",)").split(",") if s.strip())
+    ours = {official_name(n)[0]: p.shape for n, p in model.state_dict().items()}
+    assert set(ours) == set(theirs)  # one-to-one
+    assert len(ours) == len(model.state_dict())
+    for key, shape in theirs.items():  # same number of values under each name
+        assert int(np.prod(shape)) == ours[key].numel(), key
+
+
+# -- the recurrence (§3.2, Eq. 1-3) ---------------------------------------------------------------
+
+def test_core_step_equals_equations_by_hand():
+    model = tiny()
+    core = model.rnn_core
+    e, s = torch.randn(2, 17, 32), torch.randn(2, 17, 32)
+    W = {n: getattr(core, n).weight for n in ("input_update", "state_update", "input_reset", "state_reset")}
+    with torch.no_grad():
+        u = torch.sigmoid(e @ W["input_update"].T + s @ W["state_update"].T)
+        r = torch.sigmoid(e @ W["input_reset"].T + s @ W["state_reset"].T)
+        ln_s = F.layer_norm(s, (32,), core.state_layer_norm.weight, None, eps=1e-4)
+        h = core.transformer(e, r * ln_s)
+        expected = (1 - u) * s + u * h
+        assert torch.allclose(core(e, s), expected, atol=1e-6)
+        # and the step starts from s_0 = 0: with a zero state, s_1 = u ⊙ Tx(ê, 0)
+        frame = torch.rand(2, 3, 32, 32)
+        o, s1 = model.step(frame)
+        ê = model.encode(frame)
+        zero = torch.zeros_like(ê)
+        u0 = torch.sigmoid(ê @ W["input_update"].T)
+        assert torch.allclose(s1, u0 * core.transformer(ê, zero), atol=1e-6)
+        assert o is s1  # o_t = s_t
+
+
+def test_block_order_cross_attention_mlp_self_attention():
+    block = tiny().decoder.xa_blocks[0]
+    x, mem = torch.randn(1, 5, 32), torch.randn(1, 7, 32)
+    with torch.no_grad():
+        y = x + block.ca_attention(block.ca_attention_norm(x), mem)
+        y = y + block.mlp(block.mlp_norm(y))
+        y = y + block.attention(block.attention_norm(y))
+        assert torch.allclose(block(x, mem), y, atol=1e-6)
+
+
+# -- streaming and causality -------------------------------------------------------------------
+
+def test_causality_and_streaming_equal_whole_video():
+    model = tiny().eval()
+    video = torch.rand(2, 6, 3, 32, 32)
+    changed = video.clone()
+    changed[:, 3:] = torch.rand_like(changed[:, 3:])
+    with torch.no_grad():
+        a, b = model.features(video), model.features(changed)
+        assert torch.equal(a[:, :3], b[:, :3])  # bitwise: frames <= t never see frames > t
+        assert not torch.allclose(a[:, 3:], b[:, 3:])
+        state, stepped = None, []
+        for t in range(6):
+            o, state = model.step(video[:, t], state)
+            stepped.append(o)
+        assert torch.equal(torch.stack(stepped, 1), a)
+
+
+def test_state_keeps_its_shape_over_100_frames():
+    model = tiny().eval()
+    state = None
+    with torch.no_grad():
+        for _ in range(100):
+            o, state = model.step(torch.rand(1, 3, 16, 24), state)
+    assert state.shape == (1, 2 * 3 + 1, 32) and torch.isfinite(state).all()
+
+
+def test_480x880_video_streams_with_resized_positions():
+    model = tiny(patch_size=16).eval()
+    with torch.no_grad():
+        feats = model.features(torch.rand(1, 2, 3, 480, 880))
+    assert feats.shape == (1, 2, 30 * 55 + 1, 32)
+    table = model._positions_for("enc", 30, 55, "cpu")
+    assert table.shape == (30 * 55, 32) and torch.isfinite(table).all()
+
+
+def test_attn_aggregator_ablation():
+    model = tiny(aggregator="attn")
+    assert not hasattr(model, "rnn_core") and len(model.encoder.layers) == 2  # enc + core depth (§9)
+    loss, recon, _ = model(torch.rand(2, 2, 3, 16, 16), torch.rand(2, 1, 3, 16, 16), torch.tensor([[5], [9]]))
+    assert recon.shape == (2, 1, 3, 16, 16) and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="aggregator"):
+        model.step(torch.rand(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("n_source", [1, 2, 4])
+def test_number_of_source_frames(n_source):
+    loss, recon, mask = tiny()(torch.rand(2, n_source, 3, 16, 16), torch.rand(2, 3, 3, 16, 16),
+                               torch.full((2, 3), n_source + 4))
+    assert recon.shape == (2, 3, 3, 16, 16) and mask.shape == (2, 3, 2, 2)
+
+
+# -- masking, loss, gradients ------------------------------------------------------------------
+
+def test_masking_keeps_int_n_times_5_percent_tokens_different_per_sample():
+    model = tiny(patch_size=4)  # 32x32 frames -> N = 64 tokens -> keep int(64 * 0.05) = 3
+    torch.manual_seed(1)
+    _, _, mask = model(torch.rand(8, 2, 3, 32, 32), torch.rand(8, 2, 3, 32, 32), torch.full((8, 2), 10))
+    assert mask.shape == (8, 2, 8, 8)
+    visible = ~mask.flatten(2)
+    assert (visible.sum(-1) == int(64 * (1 - 0.95))).all()
+    patterns = {tuple(v.nonzero().flatten().tolist()) for v in visible.flatten(0, 1)}
+    assert len(patterns) > 1  # each sample and target frame draws its own permutation
+    assert RVM(RVMConfig()).n_visible(256) == 12  # the paper's 256 px: 12 of 256
+
+
+def test_loss_is_mean_over_every_pixel_and_all_parameters_get_gradients():
+    model = tiny()
+    source, target = torch.rand(2, 2, 3, 16, 16), torch.rand(2, 2, 3, 16, 16)
+    loss, recon, _ = model(source, target, torch.tensor([[4, 20], [30, 63]]))
+    assert torch.allclose(loss, ((recon - target) ** 2).mean())
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_bf16_autocast_matches_float32():
+    model = tiny()
+    source, target = torch.rand(2, 2, 3, 16, 16), torch.rand(2, 2, 3, 16, 16)
+    perm = torch.stack([torch.randperm(4) for _ in range(2)])[None].expand(2, 2, 4)
+    deltas = torch.tensor([[5, 9], [7, 40]])
+    loss32, _, _ = model(source, target, deltas, mask_perm=perm)
+    loss32.backward()
+    grad32 = model.tokenizer.weight.grad.clone()
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, recon, _ = model(source, target, deltas, mask_perm=perm)
+    assert loss16.dtype == torch.float32 and recon.dtype == torch.float32
+    assert abs(loss16.item() - loss32.item()) / loss32.item() < 0.02
+    loss16.backward()
+    assert torch.isfinite(model.tokenizer.weight.grad).all()
+    assert F.cosine_similarity(model.tokenizer.weight.grad.flatten(), grad32.flatten(), dim=0) > 0.9
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    plain, ckpt = tiny(), tiny(grad_checkpoint=True)
+    ckpt.load_state_dict(plain.state_dict())
+    args = (torch.rand(2, 2, 3, 16, 16), torch.rand(2, 1, 3, 16, 16), torch.tensor([[5], [6]]))
+    perm = torch.arange(4)[None, None]
+    for m in (plain, ckpt):
+        m(*args, mask_perm=perm)[0].backward()
+    for (n, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), n
+
+
+def test_flops_estimate_is_dominated_by_matmuls():
+    model = tiny(patch_size=16)
+    flops = model.flops_per_example(256)
+    # lower bound: 6 x (backbone params) x (source tokens) -- the encoder sees 4 x 257 tokens
+    assert flops > 6 * model.num_params() * 4 * 257
+    assert model.flops_per_example(256, n_source=4) > model.flops_per_example(256, n_source=1)
+
+
+def test_tiny_model_overfits_one_clip():
+    torch.manual_seed(0)
+    model = tiny(patch_size=8, width=64, enc_heads=4, mask_ratio=0.75)
+    source, target = torch.rand(1, 2, 3, 16, 16), torch.rand(1, 2, 3, 16, 16)
+    deltas, perm = torch.tensor([[5, 9]]), torch.arange(4)[None, None]
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    first = None
+    for _ in range(300):
+        loss = model(source, target, deltas, mask_perm=perm)[0]
+        first = first or loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 10
+
+
+# -- bad input: a ValueError that says what was expected ----------------------------------------
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m: m.step(torch.rand(1, 3, 20, 16)), "multiple of the patch"),
+    (lambda m: m.step(torch.rand(1, 4, 16, 16)), "3 colour channels"),
+    (lambda m: m.step(torch.randint(0, 255, (1, 3, 16, 16), dtype=torch.uint8)), "float tensor"),
+    (lambda m: m.step(torch.rand(1, 3, 16, 16), m.step(torch.rand(1, 3, 32, 32))[1]), "same batch size and resolution"),
+    (lambda m: m(torch.rand(1, 2, 3, 16, 16), torch.rand(1, 1, 3, 16, 16), torch.tensor([[64]])), r"\[0, 64\)"),
+    (lambda m: m(torch.rand(1, 2, 3, 16, 16), torch.rand(1, 1, 3, 16, 16), torch.tensor([[-1]])), r"\[0, 64\)"),
+    (lambda m: m.features(torch.rand(1, 3, 16, 16)), r"\[B, T, 3, H, W\]"),
+])
+def test_bad_input_raises_clear_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(tiny())
+
+
+def test_our_checkpoint_round_trip_and_bad_file(tmp_path):
+    from dataclasses import asdict
+    model = tiny()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_config": asdict(model.config)}, path)
+    loaded = load_model(path)
+    frame = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.step(frame)[0], model.eval().step(frame)[0])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_model(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_model(tmp_path / "missing.pt")
