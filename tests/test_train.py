@@ -1,0 +1,284 @@
+"""train.py end to end: each test runs it as a subprocess (one process, or torchrun on CPU/gloo)
+on a tiny model and the white-noise square data, with out_dir in tmp_path.
+
+Equalities tested: 2 processes (DDP, FSDP2; also 2 simulated nodes) train exactly like 1 process
+on the same global batch (train.py's data "slots", see its docstring); a run killed and resumed
+gives the losses of an uninterrupted one (bitwise on one process).
+"""
+
+import ast
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+import torch
+
+from conftest import ROOT
+from model import RVMConfig, load_model, load_official
+
+TIMEOUT = 180  # seconds for one launch; nothing may hang CI
+# 4 examples a step in micro-batches of 1: one process accumulates 4, each of two processes 2.
+TINY = dict(data="noise_square", image_size=32, patch_size=8, width=32, enc_layers=1, enc_heads=2, core_layers=1,
+            core_heads=2, dec_width=32, dec_layers=1, dec_heads=2, mask_ratio=0.75, batch_size=4, micro_batch=1,
+            max_steps=20, warmup_steps=3, learning_rate=1e-3, log_interval=1, eval_interval=1000, ckpt_interval=10,
+            num_workers=0, dtype="float32")
+
+
+def train_args(out_dir, *config_files, **settings):
+    """train.py's arguments: config files, then TINY updated by `settings` (None drops a key)."""
+    settings = {**TINY, "out_dir": str(out_dir), **settings}
+    return [str(ROOT / "train.py"), *map(str, config_files)] + [f"--{k}={v}" for k, v in settings.items()
+                                                                 if v is not None]
+
+
+def launch(out_dir, *config_files, nproc=1, **settings):
+    """Run train.py on one process, or `nproc` under torchrun; returns (returncode, stdout + stderr)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return run((torchrun if nproc > 1 else [sys.executable]) + train_args(out_dir, *config_files, **settings))
+
+
+def run(cmd):
+    # One thread per process: the CI machine has 2 cores, and spinning OpenMP threads of several
+    # processes slow each other down by 10x.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: a timeout ends torchrun's children too
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"timed out after {TIMEOUT} s: {' '.join(cmd)}\n{out[-3000:]}")
+    return proc.returncode, out
+
+
+def succeed(out_dir, *args, **kw):
+    code, out = launch(out_dir, *args, **kw)
+    assert code == 0, out[-3000:]
+    assert "terminate called" not in out, out[-3000:]
+    return out
+
+
+def log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def losses(out_dir):
+    return [row["loss"] for row in log(out_dir)]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, expected", [
+    (["--lerning_rate=1e-3"], ["unknown setting 'lerning_rate'", "learning_rate"]),
+    (["--max_steps=ten"], ["max_steps must be an integer", "'ten'"]),
+    (["--grad_checkpoint=1"], ["grad_checkpoint must be True or False"]),
+    (["--dtype=bf16"], ["dtype='bf16' is not one of", "did you mean 'bfloat16'"]),
+    (["CONFIG"], ["bad.py: unknown setting 'widht'", "width"]),
+])
+def test_configurator_rejects_bad_settings(tmp_path, args, expected):
+    (tmp_path / "bad.py").write_text("import math\nwidht = 64  # a typo\n_private = math.pi\n")
+    args = [str(tmp_path / "bad.py") if a == "CONFIG" else a for a in args]
+    code, out = run([sys.executable, str(ROOT / "train.py"), *args, f"--out_dir={tmp_path / 'out'}"])
+    assert code != 0
+    for text in expected:
+        assert text in out, out
+    assert "Traceback" not in out, out
+    assert not (tmp_path / "out").exists()  # stopped before anything started
+
+
+def test_model_settings_are_the_rvmconfig_fields():
+    """train.py lists the model fields as settings with RVMConfig's defaults (so `--core_layers=2` works)."""
+    tree = ast.parse((ROOT / "train.py").read_text())
+    defaults = {target.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Constant) for target in node.targets if isinstance(target, ast.Name)}
+    for f in fields(RVMConfig):
+        assert defaults.get(f.name, "missing") == f.default, f.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, expected", [
+    (["--device=xla"], "needs torch_xla"),
+    (["--data=/no/such/folder"], "data folder not found: /no/such/folder"),
+    (["--micro_batch=3"], "batch_size=4 must be a positive multiple of micro_batch * world_size = 3 * 1"),
+    (["--width=33"], "not divisible by enc_heads"),
+    (["--gap_max=70"], "must be < n_deltas=64"),
+])
+def test_clear_errors(tmp_path, args, expected):
+    code, out = run([sys.executable] + train_args(tmp_path) + args)
+    assert code != 0 and expected in out, out
+    assert "Traceback" not in out, out
+
+
+# -- one process: the whole story once -----------------------------------------------------------
+
+def test_one_process_run(tmp_path):
+    """Config file + overrides, the log, the lr schedule, weight decay groups, plots, checkpoint."""
+    config = tmp_path / "tiny.py"
+    config.write_text("# a config file is plain Python\nmax_steps = 8\ncore_layers = 2\nmin_lr = 1e-4\n")
+    succeed(tmp_path / "out", config, core_layers=1, eval_interval=4, ckpt_interval=4, lr_decay_steps=6,
+            max_steps=None)  # None: no override, the config file's 8 counts
+
+    rows = log(tmp_path / "out")
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert all(r["loss"] > 0 and r["examples_per_s"] > 0 and r["mfu"] > 0 for r in rows)
+    # lr: linear warm-up over 3 steps to 1e-3, cosine to min_lr 1e-4 at step 6, then flat.
+    lrs = [r["lr"] for r in rows]
+    assert lrs[:3] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
+    assert lrs[3] == pytest.approx(1e-4 + 0.5 * (1 + 0.5) * 0.9e-3)  # cos(pi/3) = 0.5
+    assert lrs[4] == pytest.approx(1e-4 + 0.5 * (1 - 0.5) * 0.9e-3)  # cos(2pi/3)
+    assert lrs[5:] == pytest.approx([1e-4] * 3)
+    assert all(a > b for a, b in zip(lrs[2:5], lrs[3:6], strict=True))
+
+    for png in ("loss.png", "reconstruction.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+
+    ckpt = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
+    assert {"model", "model_config", "optimizer", "step", "config", "rng", "data"} <= set(ckpt)
+    assert ckpt["step"] == 8 and ckpt["config"]["max_steps"] == 8 and ckpt["config"]["min_lr"] == 1e-4
+    assert ckpt["model_config"]["core_layers"] == 1  # the command line wins over the config file
+    assert ckpt["data"] == {"slots": 4, "micro_batch": 1, "examples_per_slot": 8, "examples_per_rank": 32,
+                            "examples": 32}
+    model = load_model(tmp_path / "out" / "ckpt.pt")
+    assert model.config.width == 32 and len(model.rnn_core.transformer.xa_blocks) == 1
+
+    # Weight decay on weight matrices and conv kernels only: no biases, norms, CLS/MASK tokens.
+    decay, no_decay = ckpt["optimizer"]["param_groups"]
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    shapes = dict(model.named_parameters())
+    assert set(decay["params"]) == {n for n, p in shapes.items() if p.ndim >= 2} - {"cls_token", "mask_token"}
+    assert {"tokenizer.weight", "encoder.layers.0.attention.query.weight", "delta_embedder.weight"} <= set(
+        decay["params"])
+    assert {"cls_token", "mask_token", "tokenizer.bias", "encoder.norm.weight",
+            "rnn_core.state_layer_norm.weight"} <= set(no_decay["params"])
+    assert ckpt["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+
+
+def test_nan_stops_the_run(tmp_path):
+    code, out = launch(tmp_path, max_steps=6, ckpt_interval=2, debug_nan_step=5)
+    assert code == 1, out
+    assert "step 5: loss nan" in out and "not finite" in out and "ckpt.pt" in out, out
+    assert "Traceback" not in out
+    assert [r["step"] for r in log(tmp_path)] == [1, 2, 3, 4]
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 4
+    load_model(tmp_path / "ckpt.pt")  # the last good checkpoint still loads
+
+
+@pytest.mark.slow
+def test_interrupted_checkpoint_write_keeps_the_last_one(tmp_path):
+    code, out = launch(tmp_path, max_steps=6, ckpt_interval=2, debug_crash_step=4, debug_crash_in="save")
+    assert code == -signal.SIGKILL, out
+    with pytest.raises(Exception):  # noqa: B017 -- the half-written file is garbage ...
+        torch.load(tmp_path / "ckpt.pt.tmp", weights_only=True)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 2  # ... the previous one intact
+    load_model(tmp_path / "ckpt.pt")
+    succeed(tmp_path, max_steps=6, ckpt_interval=2, init_from="resume")
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 6
+    assert not (tmp_path / "ckpt.pt.tmp").exists()
+
+
+# -- resuming and many processes: all against one uninterrupted single-process run ---------------
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """20 steps in one process, float32: losses and final weights."""
+    out = tmp_path_factory.mktemp("reference")
+    succeed(out)
+    return losses(out), torch.load(out / "ckpt.pt", weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_resume_one_process_is_bitwise(tmp_path, reference):
+    code, out = launch(tmp_path, debug_crash_step=13)  # killed 3 steps after the step-10 checkpoint
+    assert code == -signal.SIGKILL, out
+    assert len(log(tmp_path)) == 13
+    succeed(tmp_path, init_from="resume")
+    assert losses(tmp_path) == reference[0]  # the log's steps 11-13 of the killed run are replaced
+    final = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], v) for k, v in reference[1].items())
+
+    # A checkpoint of another model is refused, naming the settings that differ.
+    code, out = launch(tmp_path, init_from="resume", width=64, core_layers=2)
+    assert code != 0 and "width=32 vs 64" in out and "core_layers=1 vs 2" in out, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_processes_equal_one(tmp_path, reference, sharding):
+    succeed(tmp_path, nproc=2, sharding=sharding)
+    assert losses(tmp_path) == pytest.approx(reference[0], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_fsdp_bf16(tmp_path):
+    """bf16: FSDP2 gathers bf16 weights and reduces float32 gradients; still the single-process run."""
+    succeed(tmp_path / "one", dtype="bfloat16", max_steps=6)
+    succeed(tmp_path / "two", nproc=2, dtype="bfloat16", max_steps=6, sharding="fsdp")
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-2)
+
+
+@pytest.mark.slow
+def test_resume_two_processes_fsdp(tmp_path, reference):
+    code, out = launch(tmp_path / "two", nproc=2, sharding="fsdp", debug_crash_step=13)
+    assert code != 0, out
+    shutil.copytree(tmp_path / "two", tmp_path / "one")
+    succeed(tmp_path / "two", nproc=2, sharding="fsdp", init_from="resume")
+    assert [r["step"] for r in log(tmp_path / "two")] == list(range(1, 21))
+    assert losses(tmp_path / "two") == pytest.approx(reference[0], rel=1e-5)
+    load_model(tmp_path / "two" / "ckpt.pt")  # FSDP's checkpoint is a plain full state dict
+    # The data does not depend on the number of processes: the same checkpoint continues on one.
+    succeed(tmp_path / "one", init_from="resume")
+    assert losses(tmp_path / "one") == pytest.approx(reference[0], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_init_from_official_weights(tmp_path, shared):
+    """init_from=<authors' .npz>: their micro model (reference/README.md) as the starting point."""
+    path = shared / "reference" / "official_micro_a.npz"
+    micro = dict(image_size=64, patch_size=16, enc_mlp=128, core_layers=2, core_mlp=128, dec_width=64,
+                 dec_layers=2, dec_heads=4, dec_mlp=256, mask_ratio=0.95, max_steps=1, learning_rate=1e-12)
+    succeed(tmp_path, init_from=path, **micro)
+    trained = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
+    for name, value in load_official(path).state_dict().items():
+        torch.testing.assert_close(trained[name], value, rtol=0, atol=1e-6)
+    code, out = launch(tmp_path, init_from=path, **{**micro, "dec_layers": 8})
+    assert code != 0 and "dec_layers=2 vs 8" in out, out
+
+
+@pytest.mark.slow
+def test_two_nodes(tmp_path, reference):
+    """Two torchrun agents (as on two machines) meet at a c10d rendezvous on 127.0.0.1."""
+    port = free_port()
+    procs = []
+    for node in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+               "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+               "--rdzv_id=test_two_nodes", *train_args(tmp_path, sharding="fsdp")]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, start_new_session=True))
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=TIMEOUT)[0])
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail("two-node run timed out")
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    assert "2 process(es)" in "".join(outs)
+    assert losses(tmp_path) == pytest.approx(reference[0], rel=1e-5)
