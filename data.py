@@ -599,7 +599,9 @@ def make_loader(dataset, batch_size, num_workers=0):
 
 
 def bench(spec, image_size=256, batch_size=16, n_batches=8, workers=(0, 1, 2), n_clips=20):
+    """Prints and returns examples/s per worker count and the needed-frames vs whole-window decode times."""
     dataset = ClipDataset(spec, image_size=image_size)
+    result = {"examples_s": {}}
     for n_workers in workers:
         it = iter(make_loader(dataset, batch_size, n_workers))
         next(it)  # start-up: forking workers, first decodes
@@ -609,11 +611,12 @@ def bench(spec, image_size=256, batch_size=16, n_batches=8, workers=(0, 1, 2), n
         dt = time.perf_counter() - t0
         rate = n_batches * batch_size / dt
         print(f"{n_workers} workers: {rate:7.1f} examples/s ({image_size}px, batch {batch_size})")
+        result["examples_s"][n_workers] = rate
         del it
     folders = [s for s in dataset.sources if s["kind"] == "folder"]
     if not folders:
         print("decode: nothing to decode for noise_square (frames are generated directly)")
-        return
+        return result
     rng = np.random.default_rng(0)
     t_needed = t_window = t_video = n_video = 0
     for _ in range(n_clips):
@@ -631,8 +634,12 @@ def bench(spec, image_size=256, batch_size=16, n_batches=8, workers=(0, 1, 2), n
             t_video, n_video = t_video + time.perf_counter() - t2, n_video + 1
     print(f"decode: needed frames only {1e3 * t_needed / n_clips:.1f} ms/clip, whole window "
           f"{1e3 * t_window / n_clips:.1f} ms/clip -> {t_window / t_needed:.1f}x faster")
+    result.update(needed_ms=1e3 * t_needed / n_clips, window_ms=1e3 * t_window / n_clips,
+                  needed_speedup=t_window / t_needed)
     if n_video:
         print(f"decode: whole video with imageio {1e3 * t_video / n_video:.1f} ms/clip")
+        result["whole_video_imageio_ms"] = 1e3 * t_video / n_video
+    return result
 
 
 if __name__ == "__main__":
