@@ -1,6 +1,7 @@
 """Train RVM (Recurrent Video Masked Autoencoders, Zoran et al.) with the paper's recipe (§4.1, SPEC §3).
 
-    python train.py configs/noise_square.py                            # a laptop: the white-noise square demo
+    python train.py                                                    # a laptop: the white-noise square demo
+                                                                       # (no arguments = configs/noise_square.py)
     python train.py configs/s.py --micro_batch=16 --max_steps=1000     # one GPU (or CPU), overrides last
     torchrun --standalone --nproc_per_node=8 train.py configs/b.py     # one node, 8 GPUs
     torchrun --nnodes=4 --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d \
@@ -79,6 +80,7 @@ dtype = "bfloat16"  # 'bfloat16': autocast forward and backward, float32 weights
 sharding = "fsdp"  # with several processes: 'fsdp' (FSDP2 per block, the paper's sharding) | 'ddp' | 'none'
 compile = False  # torch.compile the model
 peak_flops = 0.0  # per device, for MFU; 0 -> a datasheet bf16 peak on CUDA, a measured matmul rate on CPU
+threads = 0  # torch CPU threads per process; 0 -> torch's default (one per core). Tiny models run faster on 1
 seed = 0
 # debugging (the tests use these)
 debug_nan_step = 0  # > 0: rank 0's loss becomes NaN at this step
@@ -172,7 +174,11 @@ def configure(settings, argv):
 
 config_keys = [k for k, v in globals().items()
                if not k.startswith("_") and k != "model_keys" and isinstance(v, (bool, int, float, str, list, tuple))]
-config = configure({k: globals()[k] for k in config_keys}, sys.argv[1:])
+argv = sys.argv[1:]
+if not argv:  # no arguments at all: the built-in default is the laptop demo
+    argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "noise_square.py")] + argv
+    print(f"train.py: no arguments, so the built-in default: the white-noise square demo ({argv[0]})")
+config = configure({k: globals()[k] for k in config_keys}, argv)
 globals().update(config)
 
 # -----------------------------------------------------------------------------------------------
@@ -236,6 +242,9 @@ if init_from == "resume" and not os.path.isfile(ckpt_path):
     fail(f"init_from='resume' but {ckpt_path} does not exist (set out_dir to the run to continue)")
 if init_from not in ("scratch", "resume") and not os.path.isfile(init_from):
     fail(f"init_from={init_from!r}: no such file (expected 'scratch', 'resume' or a .npz/.pt checkpoint)")
+
+if threads:
+    torch.set_num_threads(threads)  # small matrices: thread start-up costs more than it saves
 
 # One device per process: cuda:LOCAL_RANK on a GPU node, the CPU (gloo) on a laptop or in CI.
 if device == "cuda":
