@@ -115,9 +115,13 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x, context=None):
-        context = x if context is None else context
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads)
-                   for t in (self.query(x), self.key(context), self.value(context)))
+        if context is None:  # self-attention: q, k and v in one matmul (one pass over x, not three)
+            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+            q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
+        else:
+            q, k, v = self.query(x), self.key(context), self.value(context)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
         # q is scaled by 1/sqrt(head_dim) inside; the fused kernels keep the softmax in float32
         # also when q, k, v are bf16 (SPEC §1).
         x = F.scaled_dot_product_attention(q, k, v)
