@@ -577,6 +577,17 @@ def _grid(size, patch):
     return H // patch, W // patch
 
 
+def propagate_masks(name, frames, gt, extract, resolution, grid, prop, values=None):
+    """One video, DAVIS or VIP: features of every frame, frame 0's labels (gt[0]) propagated through
+    them, and each frame's prediction read out as a label map at the native size of gt."""
+    bar = tqdm(total=2 * len(frames) - 1, desc=name, leave=False)
+    feats = extract(frames, progress=bar)
+    labels, values = mask_to_labels(gt[0], resolution, grid, values=values)
+    soft = label_propagation(feats, labels, progress=bar, **prop)
+    bar.close()
+    return np.stack([labels_to_mask(s, values, resolution, gt.shape[1:]) for s in soft])
+
+
 def evaluate_davis(videos, extract, resolution, patch_size=16, prop=None, out_dir=None,
                    save_masks=False, horizons=None):
     """Propagate each sequence's first-frame masks and score them with J and F. Returns one row per
@@ -591,12 +602,7 @@ def evaluate_davis(videos, extract, resolution, patch_size=16, prop=None, out_di
         gt = np.stack([read_mask(m) for m in video["masks"][:n]])
         gt[gt == 255] = 0  # the toolkit reads void as background
         T = len(frames)
-        bar = tqdm(total=2 * T - 1, desc=video["name"], leave=False)
-        feats = extract(frames, progress=bar)
-        labels, values = mask_to_labels(gt[0], resolution, grid)
-        soft = label_propagation(feats, labels, progress=bar, **prop)
-        bar.close()
-        pred = np.stack([labels_to_mask(s, values, resolution, gt.shape[1:]) for s in soft])
+        pred = propagate_masks(video["name"], frames, gt, extract, resolution, grid, prop)
         if save_masks and out_dir:
             folder = os.path.join(out_dir, "masks", video["name"])
             os.makedirs(folder, exist_ok=True)
@@ -635,14 +641,9 @@ def evaluate_vip(videos, extract, resolution, patch_size=16, prop=None, out_dir=
         frames = read_frames(video["frames"], resolution)
         gt = np.stack([read_mask(m) for m in video["masks"]])
         T = len(frames)
-        bar = tqdm(total=2 * T - 1, desc=video["name"], leave=False)
-        feats = extract(frames, progress=bar)
         # Propagate only real classes. 255 (unlabelled) gets no channel.
         values = np.array([v for v in np.unique(gt[0]) if v < n_classes])
-        labels, values = mask_to_labels(gt[0], resolution, grid, values=values)
-        soft = label_propagation(feats, labels, progress=bar, **prop)
-        bar.close()
-        pred = np.stack([labels_to_mask(s, values, resolution, gt.shape[1:]) for s in soft])
+        pred = propagate_masks(video["name"], frames, gt, extract, resolution, grid, prop, values=values)
         if save_masks and out_dir:
             folder = os.path.join(out_dir, "masks", video["name"])
             os.makedirs(folder, exist_ok=True)
