@@ -315,6 +315,9 @@ def slot_stream(slot):
 loaders = [iter(make_loader(slot_stream(slot), micro_batch, num_workers=workers_per_slot)) for slot in slots]
 
 
+skipped_draws = 0
+
+
 def next_batch(m):
     """The next micro-batch of this rank's m-th slot, on the device: floats in [0, 1]."""
     try:
@@ -324,6 +327,8 @@ def next_batch(m):
     except Exception as err:  # noqa: BLE001 -- a worker's error arrives wrapped in its traceback: keep the message
         lines = [line for line in str(err).strip().splitlines() if line.strip()]
         fail(f"data error in slot {slots[m]}: {lines[-1] if lines else repr(err)}", all_ranks=True)
+    global skipped_draws  # unreadable or too-short videos data.py passed over to make this batch
+    skipped_draws += int(batch["skipped"].sum()) if "skipped" in batch else 0
     source, target = (batch[k].to(dev, non_blocking=True).float() / 255 for k in ("source", "target"))
     return source, target, batch["deltas"].to(dev, non_blocking=True)
 
@@ -583,7 +588,8 @@ while step < max_steps:
         examples_per_s = (step - step_log) * batch_size / elapsed
         mfu = flops_per_example * examples_per_s / world_size / peak_flops if peak_flops else None
         row = {"step": step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": grad_norm,
-               "examples": step * batch_size, "examples_per_s": examples_per_s, "mfu": mfu}
+               "examples": step * batch_size, "examples_per_s": examples_per_s, "mfu": mfu,
+               "skipped_videos": skipped_draws}  # this rank's running count since (re)start
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", ex_s=f"{examples_per_s:.1f}",
