@@ -285,13 +285,9 @@ def model_features(model, features="core", device="cpu"):
     @torch.no_grad()
     def extract(frames, progress=None):
         T, H, W, _ = frames.shape
-        state, out = None, []
-        for frame in frames:
-            x = torch.from_numpy(frame).to(device).permute(2, 0, 1)[None].float() / 255
-            if features == "core":
-                o, state = model.step(x, state)
-            else:
-                o = model.encode(x)
+        tensors = (torch.from_numpy(frame).to(device).permute(2, 0, 1)[None].float() / 255 for frame in frames)
+        out = []
+        for o in model.stream(tensors, kind=features):
             out.append(F.normalize(o[0, 1:].float(), dim=-1).cpu())  # drop CLS (token 0)
             if progress is not None:
                 progress.update()

@@ -319,22 +319,32 @@ class RVM(nn.Module):
         state = self.rnn_core(e, state.to(e.dtype))
         return state, state  # o_t = s_t (Eq. 3)
 
+    def stream(self, frames, kind="core"):
+        """Yields each frame's features [B, N+1, D] as the frames [B, 3, H, W] arrive (any iterable,
+        so a video never has to be in memory at once). kind 'core': o_t, the state carried from frame
+        to frame; 'encoder': the per-frame encoder output, no recurrence (the image-model baseline)."""
+        if kind not in ("core", "encoder"):
+            raise ValueError(f"stream(kind): expected 'core' or 'encoder', got {kind!r}")
+        state = None
+        for frame in frames:
+            if kind == "core":
+                o, state = self.step(frame, state)
+            else:
+                o = self.encode(frame)
+            yield o
+
     def features(self, video):
         """Core features o_t of every frame, [B, T, 3, H, W] -> [B, T, N+1, D] (token 0 is CLS).
         With 'rnn' this unrolls `step`, so frame t never sees frames after t."""
         self._check_frames(video, "features(video)", ndim=5)
         if self.config.aggregator == "attn":
             return self._attn_features(video)
-        state, out = None, []
-        for t in range(video.shape[1]):
-            o, state = self.step(video[:, t], state)
-            out.append(o)
-        return torch.stack(out, dim=1)
+        return torch.stack(list(self.stream(video.unbind(1))), dim=1)
 
     def encoder_features(self, video):
         """Per-frame encoder outputs without any temporal aggregation, [B, T, N+1, D]."""
         self._check_frames(video, "encoder_features(video)", ndim=5)
-        return torch.stack([self.encode(video[:, t]) for t in range(video.shape[1])], dim=1)
+        return torch.stack(list(self.stream(video.unbind(1), kind="encoder")), dim=1)
 
     def _source_features(self, source):
         """Training path for the K source frames: the encoder runs on all K at once (one big

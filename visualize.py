@@ -125,16 +125,10 @@ def unroll(model, video, kind="core", device="cpu", progress=True):
     P = model.config.patch_size
     h, w = video.shape[-2] // P, video.shape[-1] // P
     model = model.to(device).eval()
-    state, out = None, []
-    for t in tqdm(range(video.shape[0]), desc=f"{kind} features", unit="frame", disable=not progress, leave=False):
-        frame = video[t:t + 1].to(device)
-        if kind == "core":
-            feats, state = model.step(frame, state)
-        elif kind == "encoder":
-            feats = model.encode(frame)
-        else:
-            raise ValueError(f"unknown feature kind {kind!r}")
-        out.append(feats[0, 1:].float())  # drop CLS (token 0); patches are row-major
+    frames = (video[t:t + 1].to(device) for t in range(video.shape[0]))
+    bar = tqdm(model.stream(frames, kind), total=video.shape[0], desc=f"{kind} features", unit="frame",
+               disable=not progress, leave=False)
+    out = [feats[0, 1:].float() for feats in bar]  # drop CLS (token 0); patches are row-major
     return torch.stack(out).reshape(len(out), h, w, -1)
 
 
