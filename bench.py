@@ -3,6 +3,7 @@
     python bench.py                      # every section, a table on stdout and bench.json
     python bench.py --only encoder,train # some sections
     python bench.py --quick              # smaller sizes, for a smoke run
+    python bench.py --only train --compile  # also a torch.compile'd training step
 
 Every figure is a ratio or a rate measured in this one run on this one machine, so the table
 can be rerun anywhere; the README records one run with the machine it ran on. Sections:
@@ -143,24 +144,34 @@ def bench_train(args, device, dtype):
     source = torch.rand(batch, 4, 3, res, res, device=device)
     target = torch.rand(batch, 4, 3, res, res, device=device)
     deltas = torch.randint(7, 52, (batch, 4), device=device)
-
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(source, target, deltas)[0]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    seconds = timed(step, device, min_seconds=5.0 if not args.quick else 1.0, warmup=1)
-    achieved = model.flops_per_example(res) * batch / seconds
-    out = {"config": f"configs/{name}.py", "resolution": res, "batch": batch, "dtype": str(dtype),
-           "step_s": seconds, "examples_s": batch / seconds, "achieved_tflops": achieved / 1e12}
+    out = {"config": f"configs/{name}.py", "resolution": res, "batch": batch, "dtype": str(dtype)}
     if device.type == "cpu":
-        gemm = matmul_flops(device, torch.float32)
-        out.update(gemm_tflops=gemm / 1e12, fraction_of_gemm=achieved / gemm)
+        out["gemm_tflops"] = matmul_flops(device, torch.float32) / 1e12
     else:
         peak = next((v for k, v in DATASHEET_BF16.items() if k in torch.cuda.get_device_name()), None)
-        out.update(datasheet_tflops=peak and peak / 1e12, mfu=peak and achieved / peak)
+        out["datasheet_tflops"] = peak and peak / 1e12
+
+    # eager, and with --compile also torch.compile'd (train.py's compile=True); the first compiled
+    # steps (the compilation itself) are warm-up, not timed
+    for mode, net in [("eager", model)] + ([("compiled", torch.compile(model))] if args.compile else []):
+        def step(net=net):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = net(source, target, deltas)[0]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seconds = timed(step, device, min_seconds=5.0 if not args.quick else 1.0, warmup=1 if mode == "eager" else 3)
+        achieved = model.flops_per_example(res) * batch / seconds
+        row = {"step_s": seconds, "examples_s": batch / seconds, "achieved_tflops": achieved / 1e12}
+        if device.type == "cpu":
+            row["fraction_of_gemm"] = achieved / (out["gemm_tflops"] * 1e12)
+        else:  # the memory a micro_batch of this size needs (the weights and AdamW state included)
+            row.update(mfu=out["datasheet_tflops"] and achieved / (out["datasheet_tflops"] * 1e12),
+                       peak_mb=peak_memory_mb(device))
+        out[mode] = row
     return out
 
 
@@ -269,6 +280,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
     parser.add_argument("--image-size", type=int, default=None, help="override each section's resolution")
     parser.add_argument("--batch", type=int, default=None, help="training-step batch size")
+    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd training step")
     parser.add_argument("--videos", default=None, help="folder of videos for the data section")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     parser.add_argument("--child-stream", nargs=4, help=argparse.SUPPRESS)
