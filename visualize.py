@@ -258,6 +258,24 @@ def cluster_iou(labels, truth, frames=None):
     return best
 
 
+def square_share(features, truth, frames=None):
+    """The fraction of the features' variance that separates square from background:
+    p (1 - p) |mean_square - mean_background|^2 / total variance, over `frames` (all when None).
+    1 when the features are the mask itself, near 0 when they ignore it. K-means with a few
+    clusters splits along the largest variance, so it finds the square only when this share is
+    large: it says *why* a row's IoU is what it is. It compares means, so it misses separations
+    that are not linear (a centred square's mean position is the background's)."""
+    frames = list(range(features.shape[0])) if frames is None else list(frames)
+    x = features[frames].reshape(-1, features.shape[-1]).double()
+    y = truth[frames].reshape(-1).to(x.device)
+    p = y.double().mean()
+    if p in (0, 1):
+        return 0.0
+    total = (x - x.mean(0)).square().sum(1).mean()
+    between = p * (1 - p) * (x[y].mean(0) - x[~y].mean(0)).square().sum()
+    return (between / total.clamp(min=1e-12)).item()
+
+
 def position_features(T, h, w):
     """The positions-only control: each patch's (row, col), the same in every frame."""
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -266,8 +284,8 @@ def position_features(T, h, w):
 
 def noise_square_scores(model, video, masks, untrained, k=5, seed=0, first_frame=4, readout="raw",
                         device="cpu", progress=True):
-    """Every row of the demo's table: name -> (cluster, per-frame IoU [T], mean over frames >= first_frame).
-    video uint8 [T, 3, H, W], masks bool [T, H, W]."""
+    """Every row of the demo's table: name -> (cluster, per-frame IoU [T], mean over frames >= first_frame,
+    square_share over the same frames). video uint8 [T, 3, H, W], masks bool [T, H, W]."""
     P = model.config.patch_size
     x = video.float() / 255
     x0 = without_square(video, masks, seed).float() / 255
@@ -286,7 +304,8 @@ def noise_square_scores(model, video, masks, untrained, k=5, seed=0, first_frame
         feats = get()
         if readout == "centred":
             feats = remove_position_mean(feats)
-        scores[name] = cluster_iou(kmeans_labels(feats, k, seed), truth, frames)
+        scores[name] = (*cluster_iou(kmeans_labels(feats, k, seed), truth, frames),
+                        square_share(feats, truth, frames))
     return scores
 
 
@@ -446,10 +465,11 @@ def print_table(scores, header, first_frame, per_frame=True):
         for t in range(T):
             mark = " " if t >= first_frame else "*"  # * = not scored (the state is still filling)
             print(f"{t:4d}{mark} " + " ".join(f"{scores[n][1][t].item():10.3f}" for n in names))
-    print(f"\nmean IoU of the best single K-means cluster, frames {first_frame}..{T - 1}:")
+    print(f"\nframes {first_frame}..{T - 1}: mean IoU of the best single K-means cluster, and the square's "
+          "share of the features' variance (square_share)")
     for name in names:
-        cluster, _, mean = scores[name]
-        print(f"  {name:34s} {mean:6.3f}   (cluster {cluster})")
+        cluster, _, mean, share = scores[name]
+        print(f"  {name:34s} IoU {mean:6.3f}  (cluster {cluster})   square share {share:6.3f}")
     core, others = scores[names[0]][2], [scores[n][2] for n in names[1:]]
     # No pass/fail word: in our measurements the controls alone spread over 0.1-0.55 between
     # stimulus sizes and seeds (README), so only a wide margin means the model sees the square.

@@ -117,6 +117,27 @@ def test_cluster_iou_known_answers_and_one_cluster_for_the_whole_video():
     assert (cluster, mean) == (2, pytest.approx(1.0))
 
 
+def test_square_share_known_answers():
+    truth = torch.zeros(4, 4, 4, dtype=torch.bool)
+    truth[:, 1:3, 1:3] = True  # p = 1/4
+    mask_itself = truth.float()[..., None]
+    assert vis.square_share(mask_itself, truth) == pytest.approx(1.0)
+    # one feature that is the mask, one of equal variance that ignores it: half the variance
+    g = torch.Generator().manual_seed(0)
+    other = torch.randn(4, 4, 4, 1, generator=g)
+    other = (other - other.mean()) / other.std(unbiased=False) * mask_itself.std(unbiased=False)
+    half = vis.square_share(torch.cat([mask_itself, other], -1), truth)
+    assert half == pytest.approx(0.5, abs=0.06)
+    # it compares means: the centred square's mean (row, col) is the background's, so positions
+    # score 0 although they determine this square (a non-linear separation it does not see)
+    assert vis.square_share(vis.position_features(4, 4, 4), truth) == pytest.approx(0.0)
+    assert vis.square_share(torch.randn(4, 4, 4, 8, generator=g), truth) < 0.1
+    # scored frames only: frames where the features ignore the mask do not count
+    mixed = mask_itself.clone()
+    mixed[:2] = 0.0
+    assert vis.square_share(mixed, truth, frames=[2, 3]) == pytest.approx(1.0)
+
+
 def toy_stimulus(T=8, size=32, S=16, seed=0):
     """A square of its own noise sliding right over a static noise background (SPEC §2)."""
     rng = np.random.default_rng(seed)
@@ -236,6 +257,7 @@ def test_demo_prints_the_table(tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     for row in ["core features", "encoder only", "untrained model", "video without square", "patch positions"]:
         assert row in text
+    assert text.count("square share") == 5  # one per row
     assert text.count("\n") > 15  # the per-frame table
     check_outputs(tmp_path, "noise_square", T=10, H=64, W=64)
 
