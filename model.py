@@ -51,6 +51,10 @@ class RVMConfig:
     base_grid: int = 16
     # Temporal aggregation (Table 3b): 'rnn' is RVM; 'attn' is the §9 self-attention baseline.
     aggregator: str = "rnn"
+    # What the decoder cross-attends to: 'all' source features o_1..o_K (§3.1, the paper), or
+    # 'last', o_K alone. 'last' is ours, for the noise-square demo: with all K the decoder can
+    # find motion by comparing frames itself, and the core need not carry it (README).
+    decoder_memory: str = "all"
     # Recompute each block in the backward pass instead of storing its activations (§5: BPTT
     # over source frames is what fills memory).
     grad_checkpoint: bool = False
@@ -61,6 +65,8 @@ class RVMConfig:
         self.dec_mlp = self.dec_mlp or 4 * self.dec_width
         if self.aggregator not in ("rnn", "attn"):
             raise ValueError(f"RVMConfig.aggregator must be 'rnn' or 'attn', got {self.aggregator!r}")
+        if self.decoder_memory not in ("all", "last"):
+            raise ValueError(f"RVMConfig.decoder_memory must be 'all' or 'last', got {self.decoder_memory!r}")
         for name, dim, heads in [("enc", self.width, self.enc_heads), ("core", self.width, self.core_heads),
                                  ("dec", self.dec_width, self.dec_heads)]:
             if dim % heads:
@@ -397,8 +403,11 @@ class RVM(nn.Module):
             raise ValueError(f"forward(deltas): time gaps must lie in [0, {c.n_deltas}), got "
                              f"{deltas.min().item()}..{deltas.max().item()}")
 
-        # Source path: encoder + core -> o_1..o_K, all K sets concatenated as keys/values.
+        # Source path: encoder + core -> o_1..o_K, all K sets concatenated as keys/values
+        # (decoder_memory 'last': o_K alone).
         source_features = self._source_features(source)  # [B, K, N+1, D]
+        if c.decoder_memory == "last":
+            source_features = source_features[:, -1:]
         memory = self.decoder_embedder(rearrange(source_features, "b k n d -> b (k n) d"))
         memory = memory.repeat_interleave(T, dim=0)  # the same memory for each target of a clip
 
@@ -468,8 +477,9 @@ class RVM(nn.Module):
             src = n_source * patch + vit(n_source * n, D, c.enc_mlp, c.enc_layers + c.core_layers)
         tgt_depth = c.enc_layers + (c.core_layers if c.aggregator == "attn" else 0)
         tgt = n_target * (patch + vit(m, D, c.enc_mlp, tgt_depth) + 2 * m * D * E)
-        dec = n_target * (xtx(n, n_source * n, E, c.dec_mlp, c.dec_layers) + 2 * N * E * 3 * c.patch_size ** 2)
-        dec += 2 * n_source * n * D * E  # embedding the memory
+        k = n_source if c.decoder_memory == "all" else 1  # source feature sets the decoder reads
+        dec = n_target * (xtx(n, k * n, E, c.dec_mlp, c.dec_layers) + 2 * N * E * 3 * c.patch_size ** 2)
+        dec += 2 * k * n * D * E  # embedding the memory
         return 3 * (src + tgt + dec)
 
 

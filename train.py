@@ -103,6 +103,7 @@ mask_ratio = 0.95  # of each target frame's patches (§3.1)
 n_deltas = 64  # target time gaps are one-hot over [0, n_deltas)
 base_grid = 16
 aggregator = "rnn"  # 'rnn' (RVM) | 'attn' (the §9 baseline, Table 3b)
+decoder_memory = "all"  # the decoder reads 'all' source features (the paper) | 'last' (the noise-square demo)
 grad_checkpoint = False  # activation checkpointing: recompute each block in the backward pass
 model_keys = [f.name for f in fields(RVMConfig)]
 for _f in fields(RVMConfig):  # a field added to model.py later is a setting too
@@ -110,7 +111,8 @@ for _f in fields(RVMConfig):  # a field added to model.py later is a setting too
 # -----------------------------------------------------------------------------------------------
 
 CHOICES = dict(device=("auto", "cuda", "cpu", "xla"), dtype=("bfloat16", "float32"),
-               sharding=("fsdp", "ddp", "none"), aggregator=("rnn", "attn"), debug_crash_in=("step", "save"))
+               sharding=("fsdp", "ddp", "none"), aggregator=("rnn", "attn"),
+               decoder_memory=("all", "last"), debug_crash_in=("step", "save"))
 
 
 def configure(settings, argv):
@@ -353,7 +355,7 @@ if init_from in ("scratch", "resume"):
     model = RVM(model_config)
 else:
     try:
-        overrides = dict(mask_ratio=mask_ratio, grad_checkpoint=grad_checkpoint)
+        overrides = dict(mask_ratio=mask_ratio, grad_checkpoint=grad_checkpoint, decoder_memory=decoder_memory)
         if init_from.endswith(".npz"):
             model = load_official(init_from, base_grid=base_grid, aggregator=aggregator, **overrides)
         else:

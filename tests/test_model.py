@@ -192,6 +192,26 @@ def test_attn_aggregator_ablation():
         model.step(torch.rand(1, 3, 16, 16))
 
 
+def test_decoder_memory_last_reads_only_the_last_source_features():
+    # 'all' (the paper): the decoder's keys/values are o_1..o_K; 'last': o_K alone, so frames
+    # before the last reach the decoder only through the core's state.
+    seen = {}
+    for memory in ("all", "last"):
+        model = tiny(decoder_memory=memory)
+        model.decoder.register_forward_hook(lambda mod, args, out, m=memory: seen.__setitem__(m, args[1]))
+        source = torch.rand(2, 3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            model(source, torch.rand(2, 1, 3, 16, 16), torch.tensor([[5], [9]]))
+            o_last = model._source_features(source)[:, -1]
+        n = (16 // 8) ** 2 + 1
+        assert seen[memory].shape[1] == (3 * n if memory == "all" else n)
+        if memory == "last":
+            assert torch.allclose(seen[memory], model.decoder_embedder(o_last), atol=1e-6)
+    assert tiny(decoder_memory="last").flops_per_example(16, 3) < tiny().flops_per_example(16, 3)
+    with pytest.raises(ValueError, match="decoder_memory"):
+        RVMConfig(decoder_memory="first")
+
+
 @pytest.mark.parametrize("n_source", [1, 2, 4])
 def test_number_of_source_frames(n_source):
     loss, recon, mask = tiny()(torch.rand(2, n_source, 3, 16, 16), torch.rand(2, 3, 3, 16, 16),
