@@ -1,11 +1,6 @@
-# RVM-H: Table 5 sizes (paper "Total Params" 743M); the decoder is the same for all sizes (Table 6),
-# train.py's defaults. Everything else is the paper's recipe, which is train.py's defaults too (§4.1):
-# global batch 2048 for 1M steps (~2B clips) at 256 px, AdamW (0.9, 0.95), weight decay 0.05,
-# lr 1.5e-4 * 2048 / 256 after a linear warm-up, cosine decay, bf16 compute on float32 weights, FSDP.
+# RVM-H: Table 5 sizes (paper "Total Params" 743M). The decoder (Table 6) and the paper's recipe
+# (§4.1) are train.py's defaults; configs/b.py says what they are and how to give the paper's data mix.
 #   torchrun --standalone --nproc_per_node=8 train.py configs/h.py --data=/path/to/videos
-# data: a folder of videos or frame folders, or the paper's mixture (supplement Table 4), e.g.
-#   data = [("data/ssv2", 0.056), ("data/kinetics700", 0.188), ("data/howto100m", 0.318),
-#           ("data/yt8m", 0.188), ("data/ytbb", 0.250)]
 width = 1280
 enc_heads = 16
 enc_layers = 32
