@@ -31,14 +31,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import fields
 
 import torch
 
 from model import RVM, RVMConfig
 
-SIZES = {"s": dict(width=384, enc_heads=6, enc_layers=12, core_heads=8),
-         "b": dict(width=768, enc_heads=12, enc_layers=12, core_heads=12)}
 DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, no sparsity
+
+
+def size_of(name):
+    """The model fields that configs/{name}.py sets, read from the file itself, so that what is
+    measured here is what train.py would build from it."""
+    namespace = {}
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", f"{name}.py")
+    exec(open(path).read(), namespace)
+    return {f.name: namespace[f.name] for f in fields(RVMConfig) if f.name in namespace}
 
 
 def device_and_dtype():
@@ -112,7 +120,7 @@ def bench_encoder(args, device, dtype):
         from timm.models.vision_transformer import VisionTransformer
     except Exception as err:  # noqa: BLE001 -- timm or its torchvision may be missing or broken
         return {"skipped": f"timm not importable ({type(err).__name__}: {str(err)[:80]})"}
-    size = SIZES["s"] if device.type == "cpu" else SIZES["b"]
+    size = size_of("s" if device.type == "cpu" else "b")
     res, batch = (args.image_size or 224), (8 if device.type == "cpu" else 128)
     cfg = RVMConfig(**size)
     ours = RVM(cfg).to(device)
@@ -139,7 +147,7 @@ def bench_train(args, device, dtype):
     name = "s" if device.type == "cpu" else "b"
     res = args.image_size or (128 if device.type == "cpu" else 256)
     batch = args.batch or (2 if device.type == "cpu" else 64)
-    model = RVM(RVMConfig(**SIZES[name])).to(device)
+    model = RVM(RVMConfig(**size_of(name))).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     source = torch.rand(batch, 4, 3, res, res, device=device)
     target = torch.rand(batch, 4, 3, res, res, device=device)
@@ -181,7 +189,7 @@ def stream_case(aggregator, n_frames, res, size):
     """Runs in a child process: extract features of an n_frames video, report time and peak memory."""
     device, dtype = device_and_dtype()
     torch.manual_seed(0)
-    model = RVM(RVMConfig(**SIZES[size], aggregator=aggregator)).to(device).eval()
+    model = RVM(RVMConfig(**size_of(size), aggregator=aggregator)).to(device).eval()
     frame = lambda t: torch.rand(1, 3, res, res, device=device, generator=None)  # a live stream
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         model.step(frame(0)) if aggregator == "rnn" else model.features(frame(0)[:, None])  # warm-up
