@@ -268,8 +268,8 @@ def square_share(features, truth, frames=None):
     frames = list(range(features.shape[0])) if frames is None else list(frames)
     x = features[frames].reshape(-1, features.shape[-1]).double()
     y = truth[frames].reshape(-1).to(x.device)
-    p = y.double().mean()
-    if p in (0, 1):
+    p = y.double().mean().item()
+    if not 0 < p < 1:  # no square (or nothing but square): nothing to separate
         return 0.0
     total = (x - x.mean(0)).square().sum(1).mean()
     between = p * (1 - p) * (x[y].mean(0) - x[~y].mean(0)).square().sum()
@@ -283,9 +283,11 @@ def position_features(T, h, w):
 
 
 def noise_square_scores(model, video, masks, untrained, k=5, seed=0, first_frame=4, readout="raw",
-                        device="cpu", progress=True):
+                        device="cpu", progress=True, core_features=None):
     """Every row of the demo's table: name -> (cluster, per-frame IoU [T], mean over frames >= first_frame,
-    square_share over the same frames). video uint8 [T, 3, H, W], masks bool [T, H, W]."""
+    square_share over the same frames). video uint8 [T, 3, H, W], masks bool [T, H, W].
+    `core_features`: the model's core features of this video, if already unrolled (main() unrolls
+    once for the table and the pictures)."""
     P = model.config.patch_size
     x = video.float() / 255
     x0 = without_square(video, masks, seed).float() / 255
@@ -293,7 +295,8 @@ def noise_square_scores(model, video, masks, untrained, k=5, seed=0, first_frame
     T, h, w = truth.shape
     frames = range(first_frame, T)
     sets = {
-        "core features (RVM)": lambda: unroll(model, x, "core", device, progress),
+        "core features (RVM)": lambda: unroll(model, x, "core", device, progress) if core_features is None
+        else core_features,
         "encoder only (image model)": lambda: unroll(model, x, "encoder", device, progress),
         "untrained model (random init)": lambda: unroll(untrained, x, "core", device, progress),
         "control: video without square": lambda: unroll(model, x0, "core", device, progress),
@@ -367,12 +370,13 @@ def write_strip(path, frames, rgb, labels, which, title=""):
 
 
 def visualize(model, video, out_dir, name="video", k=5, seed=0, fps=8, scale=None, strip=None,
-              readout="raw", device="cpu", progress=True):
-    """Unroll the model over float video [T, 3, H, W], write <name>.gif, <name>.mp4 and
-    <name>_strip.png into out_dir. Returns (features [T, h, w, D], rgb, labels, paths)."""
+              readout="raw", device="cpu", progress=True, features=None):
+    """Unroll the model over float video [T, 3, H, W] (or take its core `features` if already
+    unrolled), write <name>.gif, <name>.mp4 and <name>_strip.png into out_dir. Returns (features
+    [T, h, w, D], rgb, labels, paths)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    feats = unroll(model, video, "core", device, progress)
+    feats = unroll(model, video, "core", device, progress) if features is None else features
     if readout == "centred":
         feats = remove_position_mean(feats)
     rgb = pca_rgb(feats)
@@ -491,16 +495,17 @@ def main(argv=None):
         video, masks = read_video(args.video, args.frames), None
     x = fit_to_patches(video, P, args.size) if masks is None else video.float() / 255
     name = "noise_square" if masks is not None else Path(args.video).stem
+    feats = unroll(model, x, "core", args.device)  # once, for the table and the pictures
     if args.demo:
         untrained = random_model(model.config, args.seed)  # same config, random init, fixed seed
         first = min(4, x.shape[0] - 1)
         scores = noise_square_scores(model, video, masks, untrained, args.k, args.seed, first, args.readout,
-                                     args.device)
+                                     args.device, core_features=feats)
         print_table(scores, f"noise square: {x.shape[-2]}x{x.shape[-1]}, T={x.shape[0]}, square "
                     f"{int(masks[0].any(0).sum())} px, patch {P} ({x.shape[-2] // P}x{x.shape[-1] // P} grid), "
                     f"k={args.k}, readout {args.readout}", first)
     _, _, _, paths = visualize(model, x, args.out, name, args.k, args.seed, args.fps, args.scale, strip,
-                               args.readout, args.device)
+                               args.readout, args.device, features=feats)
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
