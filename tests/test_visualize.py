@@ -138,6 +138,50 @@ def test_square_share_known_answers():
     assert vis.square_share(mixed, truth, frames=[2, 3]) == pytest.approx(1.0)
 
 
+def test_square_spread_known_answers():
+    truth = torch.zeros(4, 4, 4, dtype=torch.bool)
+    truth[:, 1:3, 1:3] = True
+    g = torch.Generator().manual_seed(0)
+    colour = torch.rand(4, 4, 4, 3, generator=g)
+    flag = truth.float()[..., None]
+    assert vis.square_spread(flag, truth) == pytest.approx(0.0)  # the mask itself: a point
+    # a flag that carries the colour everywhere: the square is as spread as the background
+    assert vis.square_spread(torch.cat([4 * flag, colour], -1), truth) == pytest.approx(1.0, abs=0.35)
+    # colour on the background only: the square is a point again, however far the flag
+    assert vis.square_spread(torch.cat([flag, colour * ~truth[..., None]], -1), truth) == pytest.approx(0.0)
+    # halving the square's features halves its distances: a quarter of the spread
+    half = torch.where(truth[..., None], colour / 2, colour)
+    assert vis.square_spread(half, truth) == pytest.approx(vis.square_spread(colour, truth) / 4)
+
+
+def test_kmeans_keeps_a_tight_square_whole_and_splits_a_spread_one():
+    # Why square_spread is printed: the same flag, with or without the square's colour riding on it.
+    T, S = 8, 16
+    truth = torch.zeros(T, S, S, dtype=torch.bool)
+    truth[:, 4:12, 4:12] = True
+    colour = torch.rand(T, S, S, 3, generator=torch.Generator().manual_seed(0)) - 0.5
+    flag = 2 * truth.float()[..., None]
+    tight = torch.cat([flag, colour * ~truth[..., None]], -1)
+    spread = torch.cat([flag, colour], -1)
+    assert vis.square_share(spread, truth) > 0.7  # far apart from the background ...
+    _, _, iou_tight = vis.cluster_iou(vis.kmeans_labels(tight, 5), truth)
+    _, _, iou_spread = vis.cluster_iou(vis.kmeans_labels(spread, 5), truth)
+    assert iou_tight == pytest.approx(1.0)
+    assert iou_spread < 0.8  # ... and still cut in two by colour
+
+
+def test_motion_ceiling_known_answers():
+    masks = torch.zeros(10, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 0:4] = True
+    assert vis.motion_ceiling(masks) == (None, 0.0)  # never moves
+    masks[6:, 2:6, 0:4] = False
+    masks[6:, 2:6, 1:5] = True  # first moves at frame 6: frames 6..9 of the scored 4..9
+    assert vis.motion_ceiling(masks) == (6, pytest.approx(4 / 6))
+    assert vis.motion_ceiling(masks, first_frame=7) == (6, pytest.approx(1.0))
+    _, moving, _ = toy_stimulus(T=8)  # moves 2 px a frame from frame 1 on
+    assert vis.motion_ceiling(moving) == (1, 1.0)
+
+
 def toy_stimulus(T=8, size=32, S=16, seed=0):
     """A square of its own noise sliding right over a static noise background (SPEC §2)."""
     rng = np.random.default_rng(seed)
@@ -257,7 +301,8 @@ def test_demo_prints_the_table(tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     for row in ["core features", "encoder only", "untrained model", "video without square", "patch positions"]:
         assert row in text
-    assert text.count("square share") == 5  # one per row
+    assert text.count("square share") == 5 and text.count("square spread") == 5  # one per row
+    assert "the square first moves at frame 1" in text
     assert text.count("\n") > 15  # the per-frame table
     check_outputs(tmp_path, "noise_square", T=10, H=64, W=64)
 
