@@ -27,6 +27,8 @@ Sources. A source spec is one of
                           square=N or A-B     side in pixels (default: half the frame, as the authors)
                           speed=V or A-B      pixels per frame (default: the authors' formula, below)
                           direction=D or D|D  right, left, up, down, or any (default: right)
+                          refresh=N or A-B    redraw the square's texture every N frames (default 0:
+                                              never, the authors' rigid square)
                         ranges are drawn per example. Noise clips get no flip or crop: the crop would
                         rescale (blur) the noise, and direction=any already covers the flip.
 and `sources` is one spec or a list of (spec, weight): each example first picks a source by weight,
@@ -112,15 +114,18 @@ TO_RGB = {"format": "rgb24", "threads": 1} if int(av.__version__.split(".")[0]) 
 # The white-noise square (§4.4, Fig. 6)
 
 
-def _noise_square_frames(rng, t, height, width, square, speed, direction, n_frames, offset=0):
+def _noise_square_frames(rng, t, height, width, square, speed, direction, n_frames, offset=0, refresh=0):
     """Frames `t` (int array) of one noise-square video: uint8 [len(t), 3, H, W], bool masks [len(t), H, W].
 
     Only the asked-for frames are made. The background and the square's texture are drawn once,
     so the background is static and the square slides rigidly: every frame alone is uniform noise.
+    refresh > 0: the square's texture is drawn anew every `refresh` frames instead (a moving
+    patch of flicker: where the square is can be predicted, what it shows cannot).
     """
     sh, sw = square
     background = rng.integers(0, 256, (3, height, width), dtype=np.uint8)
     texture = rng.integers(0, 256, (3, sh, sw), dtype=np.uint8)
+    flicker_seed = int(rng.integers(2**31)) if refresh else None  # drawn only then: rigid streams unchanged
     horizontal = direction in ("left", "right")
     room = width - sw if horizontal else height - sh  # free travel along the motion axis
     t = np.asarray(t)
@@ -135,6 +140,9 @@ def _noise_square_frames(rng, t, height, width, square, speed, direction, n_fram
     for i, p in enumerate(pos):
         y, x = ((height - sh) // 2, p) if horizontal else (p, (width - sw) // 2)  # centred across the motion
         y0, y1, x0, x1 = max(y, 0), min(y + sh, height), max(x, 0), min(x + sw, width)  # a fast square may leave
+        if refresh:  # the same frame always gets the same texture, whichever frames are asked for
+            texture = np.random.default_rng((flicker_seed, int(t[i]) // refresh)).integers(
+                0, 256, (3, sh, sw), dtype=np.uint8)
         if y0 < y1 and x0 < x1:
             video[i, :, y0:y1, x0:x1] = texture[:, y0 - y : y1 - y, x0 - x : x1 - x]
             masks[i, y0:y1, x0:x1] = True
@@ -164,10 +172,10 @@ def noise_square_video(n_frames=64, size=512, square_size=None, speed=None, dire
 
 
 def parse_noise_square(spec):
-    """'noise_square[:square=A-B,speed=A-B,direction=D|D]' -> dict of options (ranges as (lo, hi))."""
+    """'noise_square[:square=A-B,speed=A-B,direction=D|D,refresh=A-B]' -> dict of options (ranges as (lo, hi))."""
     name, _, rest = spec.partition(":")
     assert name == "noise_square", spec
-    opts = {"square": None, "speed": None, "direction": ("right",)}
+    opts = {"square": None, "speed": None, "direction": ("right",), "refresh": (0, 0)}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         lo, _, hi = value.partition("-")
@@ -175,12 +183,15 @@ def parse_noise_square(spec):
             opts["square"] = (int(lo), int(hi or lo))
         elif key == "speed":
             opts["speed"] = (float(lo), float(hi or lo))
+        elif key == "refresh":
+            opts["refresh"] = (int(lo), int(hi or lo))
         elif key == "direction":
             opts["direction"] = DIRECTIONS if value == "any" else tuple(value.split("|"))
             if not set(opts["direction"]) <= set(DIRECTIONS):
                 raise ValueError(f"{spec}: direction must be 'any' or '|'-separated {DIRECTIONS}")
         else:
-            raise ValueError(f"{spec}: unknown noise_square option {key!r} (square, speed, direction)")
+            raise ValueError(f"{spec}: unknown noise_square option {key!r} (square, speed, direction, "
+                             "refresh)")
     return opts
 
 
@@ -551,7 +562,9 @@ class ClipDataset(torch.utils.data.IterableDataset):
         offset = 0
         if speed is not None:  # start anywhere that keeps the square inside the frame for the whole window
             offset = int(rng.integers(0, max(0, size - side - math.floor(speed * (window - 1))) + 1))
-        video, masks = _noise_square_frames(rng, frame_idx, size, size, (side, side), speed, direction, window, offset)
+        refresh = int(rng.integers(source["refresh"][0], source["refresh"][1] + 1)) if source["refresh"][1] else 0
+        video, masks = _noise_square_frames(rng, frame_idx, size, size, (side, side), speed, direction, window, offset,
+                                            refresh)
         ex = self._split(torch.from_numpy(video), frame_idx, deltas)
         if self.masks:
             masks = torch.from_numpy(masks)

@@ -554,6 +554,27 @@ def test_noise_square_options():
         assert masks[t].sum() == 24 * 40 and masks[t, y : y + 24, 20:60].all(), t
 
 
+def test_noise_square_refresh_redraws_the_texture_only():
+    rigid = data.ClipDataset("noise_square:square=8,speed=0.5", image_size=16, n_source=4, n_target=2,
+                             gap_min=1, gap_max=4, window=8)
+    flicker = data.ClipDataset("noise_square:square=8,speed=0.5,refresh=1", image_size=16, n_source=4, n_target=2,
+                               gap_min=1, gap_max=4, window=8)
+    twice = data.ClipDataset("noise_square:square=8,speed=0.5,refresh=2", image_size=16, n_source=4, n_target=2,
+                             gap_min=1, gap_max=4, window=8)
+    for k in range(4):
+        a, b, c = rigid.example(k), flicker.example(k), twice.example(k)
+        assert torch.equal(a["source_mask"], b["source_mask"]), "the square moves exactly as before"
+        m = b["source_mask"]
+        for t in range(3):  # frames t, t+1 of the source: the square does not move between 0 and 1
+            inside = m[t] & m[t + 1]
+            assert torch.equal(b["source"][t][:, ~(m[t] | m[t + 1])], b["source"][t + 1][:, ~(m[t] | m[t + 1])])
+            assert not torch.equal(b["source"][t][:, inside], b["source"][t + 1][:, inside]), "new texture"
+        # refresh=2 keeps each texture for two frames: window frames 0 and 1 (the square at speed 0.5
+        # has not moved yet) are the same image
+        assert torch.equal(c["source_mask"][0], c["source_mask"][1]) and torch.equal(c["source"][0], c["source"][1])
+    assert torch.equal(flicker.example(3)["source"], flicker.example(3)["source"]), "seeded"
+
+
 def test_noise_square_training_source():
     ds = data.ClipDataset("noise_square", image_size=32)
     for k in range(10):
