@@ -185,6 +185,8 @@ def parse_noise_square(spec):
             opts["speed"] = (float(lo), float(hi or lo))
         elif key == "refresh":
             opts["refresh"] = (int(lo), int(hi or lo))
+            if not 0 <= opts["refresh"][0] <= opts["refresh"][1]:
+                raise ValueError(f"{spec}: refresh must be N >= 0 frames or a range A-B with 0 <= A <= B")
         elif key == "direction":
             opts["direction"] = DIRECTIONS if value == "any" else tuple(value.split("|"))
             if not set(opts["direction"]) <= set(DIRECTIONS):

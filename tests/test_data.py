@@ -413,6 +413,8 @@ def test_startup_errors_name_the_folder(tmp_path):
         data.ClipDataset("noise_square:colour=red")
     with pytest.raises(ValueError, match="direction"):
         data.ClipDataset("noise_square:direction=sideways")
+    with pytest.raises(ValueError, match="refresh"):
+        data.ClipDataset("noise_square:refresh=4-2")
     with pytest.raises(ValueError, match="fit"):
         data.ClipDataset("noise_square:square=40", image_size=32)
     with pytest.raises(ValueError):
