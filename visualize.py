@@ -258,6 +258,14 @@ def cluster_iou(labels, truth, frames=None):
     return best
 
 
+def scored_points(features, truth, frames=None):
+    """features [T, h, w, D], truth [T, h, w] -> (points [M, D] float64, is_square [M]) of `frames`
+    (all when None): what square_share and square_spread measure."""
+    frames = list(range(features.shape[0])) if frames is None else list(frames)
+    x = features[frames].reshape(-1, features.shape[-1]).double()
+    return x, truth[frames].reshape(-1).to(x.device)
+
+
 def square_share(features, truth, frames=None):
     """The fraction of the features' variance that separates square from background:
     p (1 - p) |mean_square - mean_background|^2 / total variance, over `frames` (all when None).
@@ -265,9 +273,7 @@ def square_share(features, truth, frames=None):
     clusters splits along the largest variance, so it finds the square only when this share is
     large: it says *why* a row's IoU is what it is. It compares means, so it misses separations
     that are not linear (a centred square's mean position is the background's)."""
-    frames = list(range(features.shape[0])) if frames is None else list(frames)
-    x = features[frames].reshape(-1, features.shape[-1]).double()
-    y = truth[frames].reshape(-1).to(x.device)
+    x, y = scored_points(features, truth, frames)
     p = y.double().mean().item()
     if not 0 < p < 1:  # no square (or nothing but square): nothing to separate
         return 0.0
@@ -283,12 +289,12 @@ def square_spread(features, truth, frames=None):
     cluster only when this is well below 1; otherwise it spends a second cluster splitting the
     square (a perfect square flag that also carries each pixel's colour, spread 1, scores 0.50-0.75
     with a 98 % share; README). 0 for the mask itself."""
-    frames = list(range(features.shape[0])) if frames is None else list(frames)
-    x = features[frames].reshape(-1, features.shape[-1]).double()
-    y = truth[frames].reshape(-1).to(x.device)
+    x, y = scored_points(features, truth, frames)
     if y.all() or not y.any():
         return float("nan")
-    within = lambda z: (z - z.mean(0)).square().sum(1).mean()  # noqa: E731
+
+    def within(z):  # mean squared distance to the group's own mean
+        return (z - z.mean(0)).square().sum(1).mean()
     return (within(x[y]) / within(x[~y]).clamp(min=1e-12)).item()
 
 
