@@ -1,22 +1,24 @@
 """Recurrent Video Masked Autoencoders (RVM), the whole model in one file.
 
-Zoran et al., "Recurrent Video Masked Autoencoders" (Google DeepMind). Section numbers below
-refer to the paper; "SPEC" is the project's decision record (../shared/SPEC.md) for what the
-paper leaves open, which follows the authors' released inference code so that their
-checkpoints load (see `load_official` at the bottom).
+Zoran et al., "Recurrent Video Masked Autoencoders" (Google DeepMind). Section, equation and table
+numbers refer to the paper. Where the paper leaves a choice open, we follow the authors' released
+inference code (google-deepmind/representations4d), so that their checkpoints load into this
+model (`load_official`); each such choice is stated where it is made.
 
 The story, in the order the paper tells it (§3.1, Fig. 2):
 
-    frame X_t --tokenize--> e_t --ViT encoder--> ê_t --recurrent core (Eq. 1-3)--> o_t = s_t
-    target X_T --tokenize, mask 95%--> visible tokens --same encoder--> ê^T
-    decoder( queries = ê^T placed back on the grid + [MASK], keys/values = o_1..o_K ) --> X_T
+    frame X_t --tokenize--> e_t --ViT encoder--> ê_t --recurrent core (§3.2)--> o_t = s_t
+    target X_T --tokenize, mask 95 %--> visible tokens --the same encoder--> ê^T
+    decoder(queries = ê^T back on the grid + [MASK], keys/values = o_1..o_K) --> X_T reconstructed
     loss = mean over every pixel of (reconstruction - X_T)^2
 
-Shapes: frames are float tensors in [0, 1], [B, 3, H, W] per frame and [B, T, 3, H, W] per
-video. P is the patch size, N = (H/P)(W/P) patch tokens, D the encoder width; every token set
-carries a CLS token in front, so per frame there are N + 1 tokens.
+Shapes: frames are float tensors in [0, 1] (no mean/std normalisation), [B, 3, H, W] per frame
+and [B, T, 3, H, W] per video. P is the patch size, N = (H/P)(W/P) patch tokens, D the encoder
+width. Every token set carries a CLS token in front, so a frame has N + 1 tokens.
 """
 
+import math
+import time
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -29,107 +31,103 @@ from torch.utils.checkpoint import checkpoint
 
 @dataclass
 class RVMConfig:
-    # Encoder (Table 5). Defaults are RVM-S.
-    patch_size: int = 16
-    width: int = 384  # D: encoder width = core width (Table 5: "RNN core dimension matches")
-    enc_layers: int = 12
+    # Defaults are RVM-S (Table 5); configs/{s,b,l,h}.py set the four sizes.
+    patch_size: int = 16  # P: frames are cut into P x P patches
+    width: int = 384  # D: encoder width, also the core's (Table 5: "RNN core dimension matches")
+    enc_layers: int = 12  # ViT encoder blocks
     enc_heads: int = 6
-    enc_mlp: int = 0  # 0 -> 4 * width (MLP ratio 4)
-    # Recurrent core (§3.2, Table 5).
-    core_layers: int = 4
+    enc_mlp: int = 0  # encoder MLP hidden size; 0 = 4 * width (MLP ratio 4)
+    core_layers: int = 4  # cross-attention blocks in the core's transformer Tx (§3.2)
     core_heads: int = 8
-    core_mlp: int = 0  # 0 -> 4 * width
-    # Decoder (Table 6: fixed across sizes).
-    dec_width: int = 512
+    core_mlp: int = 0  # 0 = 4 * width
+    dec_width: int = 512  # decoder, the same for every size (Table 6)
     dec_layers: int = 8
     dec_heads: int = 16
-    dec_mlp: int = 0  # 0 -> 4 * dec_width
-    # Training objective (§3.1).
-    mask_ratio: float = 0.95
-    n_deltas: int = 64  # time gaps Δ are one-hot encoded over [0, n_deltas)
-    # Positions: the encoder's sin/cos table is built for this grid and resized to others (SPEC §1).
-    base_grid: int = 16
-    # Temporal aggregation (Table 3b): 'rnn' is RVM; 'attn' is the §9 self-attention baseline.
-    aggregator: str = "rnn"
-    # What the decoder cross-attends to: 'all' source features o_1..o_K (§3.1, the paper), or
-    # 'last', o_K alone. 'last' is ours, for the noise-square demo: with all K the decoder can
-    # find motion by comparing frames itself, and the core need not carry it (README).
-    decoder_memory: str = "all"
-    # Recompute each block in the backward pass instead of storing its activations (§5: BPTT
-    # over source frames is what fills memory).
-    grad_checkpoint: bool = False
+    dec_mlp: int = 0  # 0 = 4 * dec_width
+    mask_ratio: float = 0.95  # m: fraction of each target frame's patches hidden (§3.1)
+    n_deltas: int = 64  # time gaps Δ are one-hot over [0, n_deltas): a 64-frame clip (§4.1)
+    base_grid: int = 16  # the encoder's position table is built for this grid, resized to others
+    aggregator: str = "rnn"  # 'rnn': RVM's recurrent core | 'attn': the self-attention baseline (§9)
+    decoder_memory: str = "all"  # the decoder reads 'all' source features o_1..o_K (§3.1) | 'last', o_K only
+    grad_checkpoint: bool = False  # recompute blocks in the backward pass: less memory, ~1/3 more compute
 
     def __post_init__(self):
         self.enc_mlp = self.enc_mlp or 4 * self.width
         self.core_mlp = self.core_mlp or 4 * self.width
         self.dec_mlp = self.dec_mlp or 4 * self.dec_width
-        if self.aggregator not in ("rnn", "attn"):
-            raise ValueError(f"RVMConfig.aggregator must be 'rnn' or 'attn', got {self.aggregator!r}")
-        if self.decoder_memory not in ("all", "last"):
-            raise ValueError(f"RVMConfig.decoder_memory must be 'all' or 'last', got {self.decoder_memory!r}")
+        for name, allowed in [("aggregator", ("rnn", "attn")), ("decoder_memory", ("all", "last"))]:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name, dim, heads in [("enc", self.width, self.enc_heads), ("core", self.width, self.core_heads),
                                  ("dec", self.dec_width, self.dec_heads)]:
             if dim % heads:
-                raise ValueError(f"RVMConfig: {name} width {dim} is not divisible by {name}_heads={heads}")
+                raise ValueError(f"the {name} width {dim} is not divisible by {name}_heads={heads}")
         if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"RVMConfig.mask_ratio must be in [0, 1), got {self.mask_ratio}")
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+
+
+def config_from_file(path, **overrides):
+    """The RVMConfig a config file describes (configs/*.py: plain Python, as train.py reads them)."""
+    namespace = {}
+    try:
+        exec(compile(open(path).read(), str(path), "exec"), namespace)
+    except OSError as err:
+        raise FileNotFoundError(f"config file {path}: {err.strerror}") from None
+    except Exception as err:  # noqa: BLE001 -- a broken config file gets its name, not a trace
+        raise ValueError(f"config file {path}: {type(err).__name__}: {err}") from None
+    return RVMConfig(**{f.name: namespace[f.name] for f in fields(RVMConfig) if f.name in namespace}, **overrides)
 
 
 # ----------------------------------------------------------------------------------------------
-# Positions: fixed 1-D sin/cos tables (MAE style; the paper's "Fourier positional encoding").
+# Positions: fixed sin/cos tables, the paper's "Fourier positional encodings" (§3.1).
 
 
 def sincos_table(n_positions, dim):
-    """[n_positions, dim] table; channel j uses frequency 1 / 10000^(2*floor(j/2)/dim), sin on
-    even channels and cos on odd ones (interleaved, as the authors' code). Built in float64."""
+    """[n_positions, dim], MAE's 1-D table as the authors compute it: channel j has frequency
+    1 / 10000^(2 floor(j/2) / dim), sin on even and cos on odd channels (interleaved), float64."""
     pos = np.arange(n_positions, dtype=np.float64)[:, None]
     j = np.arange(dim)
     angle = pos / np.power(10000.0, 2 * (j // 2) / dim)[None, :]
-    table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
-    return torch.from_numpy(table).float()
+    return torch.from_numpy(np.where(j % 2 == 0, np.sin(angle), np.cos(angle))).float()
 
 
 def encoder_positions(h, w, dim, base_grid=16):
-    """The encoder's table: 1-D over the base_grid**2 flattened positions, laid on the
-    base_grid x base_grid grid, then resized to h x w like jax.image.resize(..., 'bicubic')
-    (Keys a=-0.5, antialiased when shrinking, edge taps renormalised); torch matches that only
-    with antialias=True (reference/README.md). Returns [h*w, dim]."""
+    """The encoder's table [h*w, dim]: 1-D over the flattened base_grid x base_grid positions, laid
+    on that grid and resized to h x w the way jax.image.resize(..., 'bicubic') does it in the
+    authors' code (Keys cubic a = -0.5, antialiased when shrinking, edge weights renormalised).
+    torch matches that only with antialias=True; plain bicubic differs by up to 1.0 at 16 -> 4."""
     table = sincos_table(base_grid * base_grid, dim)
     if (h, w) == (base_grid, base_grid):
         return table
-    grid = rearrange(table, "(h w) d -> 1 d h w", h=base_grid)
-    grid = F.interpolate(grid.double(), size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    grid = rearrange(table, "(h w) d -> 1 d h w", h=base_grid).double()
+    grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
     return rearrange(grid.float(), "1 d h w -> (h w) d")
 
 
 # ----------------------------------------------------------------------------------------------
-# Building blocks. Attribute names follow the authors' parameter names so that their checkpoints
-# map onto ours key by key (`load_official`).
+# Building blocks. Attribute names are the authors' parameter names, so that their checkpoints
+# map onto ours key by key (`official_name`).
 
 
 class Attention(nn.Module):
-    """Multi-head attention with biased query/key/value/out projections. Self-attention when
-    `context` is None, cross-attention otherwise."""
+    """Multi-head attention with biased query/key/value/out projections: self-attention when
+    `context` is None, cross-attention to `context` otherwise."""
 
-    def __init__(self, dim, heads, kv_dim=None):
+    def __init__(self, dim, heads):
         super().__init__()
-        kv_dim = kv_dim or dim
         self.heads = heads
-        self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(kv_dim, dim)
-        self.value = nn.Linear(kv_dim, dim)
-        self.out = nn.Linear(dim, dim)
+        self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
 
     def forward(self, x, context=None):
-        if context is None:  # self-attention: q, k and v in one matmul (one pass over x, not three)
+        if context is None:  # q, k and v in one matmul: one pass over x instead of three
             weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
             bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
             q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
         else:
             q, k, v = self.query(x), self.key(context), self.value(context)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
-        # q is scaled by 1/sqrt(head_dim) inside; the fused kernels keep the softmax in float32
-        # also when q, k, v are bf16 (SPEC §1).
+        # q is scaled by 1/sqrt(head_dim); the fused kernels keep the softmax in float32 under
+        # bf16, as the paper asks (§4.1: "upcasting the loss and softmax computations").
         x = F.scaled_dot_product_attention(q, k, v)
         return self.out(rearrange(x, "b h n d -> b n (h d)"))
 
@@ -141,22 +139,20 @@ class MLP(nn.Module):
         self.dense_out = nn.Linear(hidden, dim)
 
     def forward(self, x):
-        return self.dense_out(F.gelu(self.dense_in(x), approximate="tanh"))
+        return self.dense_out(F.gelu(self.dense_in(x), approximate="tanh"))  # the authors' GELU is tanh's
 
 
 def layer_norm(dim):
-    return nn.LayerNorm(dim, eps=1e-6)
+    return nn.LayerNorm(dim, eps=1e-6)  # the authors' epsilon, everywhere but the core's state norm
 
 
 class ViTBlock(nn.Module):
-    """Pre-LN ViT block (§3.1 "Encoder"): x += Attn(LN(x)); x += MLP(LN(x))."""
+    """Pre-LN ViT block, no dropout (§3.1 "Encoder"): x += Attn(LN(x)); x += MLP(LN(x))."""
 
     def __init__(self, dim, heads, mlp):
         super().__init__()
-        self.attention_norm = layer_norm(dim)
-        self.attention = Attention(dim, heads)
-        self.mlp_norm = layer_norm(dim)
-        self.mlp = MLP(dim, mlp)
+        self.attention_norm, self.attention = layer_norm(dim), Attention(dim, heads)
+        self.mlp_norm, self.mlp = layer_norm(dim), MLP(dim, mlp)
 
     def forward(self, x):
         x = x + self.attention(self.attention_norm(x))
@@ -164,18 +160,16 @@ class ViTBlock(nn.Module):
 
 
 class CrossAttentionBlock(nn.Module):
-    """The block of the core's Tx and of the decoder (§3.1 "Decoder", Table 6):
-    cross-attention to `memory`, then MLP, then self-attention, each pre-normalised with a
-    residual. The memory is not normalised here: its producer does that (SPEC §1)."""
+    """The block of the core's Tx and of the decoder (§3.1 "Decoder", Table 6): cross-attention to
+    `memory`, then MLP, then self-attention, each pre-normalised with a residual. (The paper's
+    Listing 2 has another order; its text, Table 6 and the authors' code use this one.) The memory
+    is not normalised here: whoever produces it does that."""
 
     def __init__(self, dim, heads, mlp):
         super().__init__()
-        self.ca_attention_norm = layer_norm(dim)
-        self.ca_attention = Attention(dim, heads)
-        self.mlp_norm = layer_norm(dim)
-        self.mlp = MLP(dim, mlp)
-        self.attention_norm = layer_norm(dim)
-        self.attention = Attention(dim, heads)
+        self.ca_attention_norm, self.ca_attention = layer_norm(dim), Attention(dim, heads)
+        self.mlp_norm, self.mlp = layer_norm(dim), MLP(dim, mlp)
+        self.attention_norm, self.attention = layer_norm(dim), Attention(dim, heads)
 
     def forward(self, x, memory):
         x = x + self.ca_attention(self.ca_attention_norm(x), memory)
@@ -183,17 +177,22 @@ class CrossAttentionBlock(nn.Module):
         return x + self.attention(self.attention_norm(x))
 
 
-def run_blocks(blocks, x, *args, use_checkpoint=False):
+def run_blocks(blocks, x, *args, grad_checkpoint=False):
+    """x through each block; with grad_checkpoint, each block's activations are recomputed in the
+    backward pass instead of stored (the core's backpropagation through time fills memory, §5)."""
+    recompute = checkpoint
+    if grad_checkpoint and x.device.type == "xla":  # XLA's own: torch's recomputation can be merged away
+        from torch_xla.utils.checkpoint import checkpoint as recompute
     for block in blocks:
-        if use_checkpoint and torch.is_grad_enabled():
-            x = checkpoint(block, x, *args, use_reentrant=False)
+        if grad_checkpoint and torch.is_grad_enabled():
+            x = recompute(block, x, *args, use_reentrant=False)
         else:
             x = block(x, *args)
     return x
 
 
 class Encoder(nn.Module):
-    """Standard pre-LN ViT, weights shared by every source and target frame (§3.1)."""
+    """The ViT encoder, shared by every source and target frame (§3.1, after SiamMAE)."""
 
     def __init__(self, dim, depth, heads, mlp):
         super().__init__()
@@ -202,11 +201,11 @@ class Encoder(nn.Module):
         self.grad_checkpoint = False
 
     def forward(self, x):
-        return self.norm(run_blocks(self.layers, x, use_checkpoint=self.grad_checkpoint))
+        return self.norm(run_blocks(self.layers, x, grad_checkpoint=self.grad_checkpoint))
 
 
 class CrossTransformer(nn.Module):
-    """A stack of CrossAttentionBlocks plus a final LayerNorm: Tx in Eq. 1-3, and the decoder."""
+    """CrossAttentionBlocks and a final LayerNorm: the core's Tx (§3.2), and the decoder."""
 
     def __init__(self, dim, depth, heads, mlp):
         super().__init__()
@@ -215,31 +214,32 @@ class CrossTransformer(nn.Module):
         self.grad_checkpoint = False
 
     def forward(self, x, memory):
-        return self.output_norm(run_blocks(self.xa_blocks, x, memory, use_checkpoint=self.grad_checkpoint))
+        return self.output_norm(run_blocks(self.xa_blocks, x, memory, grad_checkpoint=self.grad_checkpoint))
 
 
 class RecurrentCore(nn.Module):
-    """The gated transformer core of §3.2 (GRU gates around a cross-attention transformer)."""
+    """The gated transformer core of §3.2: GRU gates around a cross-attention transformer Tx."""
 
     def __init__(self, dim, depth, heads, mlp):
         super().__init__()
-        # The four W of Eq. 1, bias-free, shared across tokens.
+        # The four W of the gates, bias-free, applied to the feature dimension of every token.
         self.input_update = nn.Linear(dim, dim, bias=False)  # W_e^u
         self.state_update = nn.Linear(dim, dim, bias=False)  # W_s^u
         self.input_reset = nn.Linear(dim, dim, bias=False)  # W_e^r
         self.state_reset = nn.Linear(dim, dim, bias=False)  # W_s^r
-        # The released model normalises the state before Tx reads it (eps 1e-4, no bias).
+        # Not in the paper's equations: the authors' model normalises the state before Tx reads
+        # it (eps 1e-4, a scale but no bias). Their checkpoints need it.
         self.state_layer_norm = nn.LayerNorm(dim, eps=1e-4, bias=False)
         self.transformer = CrossTransformer(dim, depth, heads, mlp)  # Tx
 
     def forward(self, e, state):
-        """One step: encoded frame ê_t and state s_{t-1} [B, N+1, D] -> s_t (= o_t)."""
-        # Eq. 1, the GRU gates:  u_t = σ(W_e^u ê_t + W_s^u s_{t-1}),  r_t = σ(W_e^r ê_t + W_s^r s_{t-1})
+        """One step: the encoded frame ê_t and the state s_{t-1}, both [B, N+1, D] -> s_t = o_t."""
+        # u_t = σ(W_e^u ê_t + W_s^u s_{t-1}),  r_t = σ(W_e^r ê_t + W_s^r s_{t-1})
         update_gate = torch.sigmoid(self.input_update(e) + self.state_update(state))
         reset_gate = torch.sigmoid(self.input_reset(e) + self.state_reset(state))
-        # Eq. 2, the transformer reads the reset-gated state:  ĥ_t = Tx(q = ê_t, kv = r_t ⊙ LN(s_{t-1}))
+        # ĥ_t = Tx(q = ê_t, kv = r_t ⊙ s_{t-1})  (the state layer-normalised first, see above)
         h = self.transformer(e, reset_gate * self.state_layer_norm(state))
-        # Eq. 3, the update gate mixes old state and new:  s_t = (1 − u_t) ⊙ s_{t-1} + u_t ⊙ ĥ_t,  o_t = s_t
+        # s_t = (1 − u_t) ⊙ s_{t-1} + u_t ⊙ ĥ_t,  o_t = s_t
         return (1 - update_gate) * state + update_gate * h
 
 
@@ -252,24 +252,193 @@ class RVM(nn.Module):
         super().__init__()
         self.config = c = config
         D, P = c.width, c.patch_size
-        # Tokenizer (§3.1): one linear projection per P x P patch, shared by all frames.
+        # Tokenizer (§3.1): a linear projection of each P x P patch, shared by all frames.
         self.tokenizer = nn.Conv2d(3, D, kernel_size=P, stride=P)
         self.cls_token = nn.Parameter(torch.randn(1, 1, D) * 0.02)
-        enc_depth = c.enc_layers + (c.core_layers if c.aggregator == "attn" else 0)  # §9: same depth in all
-        self.encoder = Encoder(D, enc_depth, c.enc_heads, c.enc_mlp)
+        # The attn baseline has no core; its one ViT gets the core's layers instead (§9).
+        self.encoder = Encoder(D, c.enc_layers + (c.core_layers if c.aggregator == "attn" else 0), c.enc_heads,
+                               c.enc_mlp)
         if c.aggregator == "rnn":
             self.rnn_core = RecurrentCore(D, c.core_layers, c.core_heads, c.core_mlp)
-        # Decoder (§3.1, Table 6). One Linear embeds both the encoded target and the source features.
+        # Decoder (§3.1, Table 6). One linear layer embeds both the encoded target and the source features.
         self.decoder_embedder = nn.Linear(D, c.dec_width)
         self.mask_token = nn.Parameter(torch.randn(1, 1, c.dec_width) * 0.02)
-        self.delta_embedder = nn.Linear(c.n_deltas, c.dec_width)  # time gap Δ, one-hot in
+        self.delta_embedder = nn.Linear(c.n_deltas, c.dec_width)  # the time gap Δ, one-hot in
         self.decoder = CrossTransformer(c.dec_width, c.dec_layers, c.dec_heads, c.dec_mlp)
         self.detokenizer = nn.Linear(c.dec_width, P * P * 3)
-        for module in (self.encoder, self.decoder) + ((self.rnn_core.transformer,) if c.aggregator == "rnn" else ()):
+        for module in [self.encoder, self.decoder] + ([self.rnn_core.transformer] if c.aggregator == "rnn" else []):
             module.grad_checkpoint = c.grad_checkpoint
-        self._positions = {}  # (kind, h, w) -> fixed table, built on first use for each grid
+        self._positions = {}  # (kind, h, w, device) -> position table, built on first use
 
-    # -- input checks: a wrong input should fail here with a message, not deep inside torch --
+    def _positions_for(self, kind, h, w, device):
+        key = (kind, h, w, str(device))
+        if key not in self._positions:
+            c = self.config
+            # The decoder's table is a fresh 1-D table for the target's grid, never resized.
+            table = (encoder_positions(h, w, c.width, c.base_grid) if kind == "enc"
+                     else sincos_table(h * w, c.dec_width))
+            self._positions[key] = table.to(device)
+        return self._positions[key]
+
+    # -- tokenizer and encoder (§3.1) --
+
+    def tokenize(self, frames):
+        """[B, 3, H, W] -> patch tokens [B, N, D], positions added (the CLS token gets none)."""
+        x = self.tokenizer(frames)
+        h, w = x.shape[-2:]
+        x = rearrange(x, "b d h w -> b (h w) d")
+        return x + self._positions_for("enc", h, w, frames.device).to(x.dtype)
+
+    def with_cls(self, tokens):
+        return torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
+
+    def encode(self, frames):
+        """Encoder features ê [B, N+1, D] of frames [B, 3, H, W]: what an image model sees."""
+        self._check_frames(frames, "frames", ndim=4)
+        return self.encoder(self.with_cls(self.tokenize(frames)))
+
+    # -- streaming: the core makes the model online (§3) --
+
+    def step(self, frame, state=None):
+        """One frame [B, 3, H, W] and the state s_{t-1} (None at the start: s_0 = 0) -> (features
+        o_t [B, N+1, D], state s_t). Its cost does not depend on how many frames came before."""
+        if self.config.aggregator != "rnn":
+            raise ValueError("step() needs aggregator='rnn': the 'attn' baseline attends over all frames at once")
+        e = self.encode(frame)
+        if state is None:
+            state = torch.zeros_like(e)
+        elif state.shape != e.shape:
+            raise ValueError(f"step(): the state has shape {tuple(state.shape)} but this frame gives {tuple(e.shape)};"
+                             " a state continues only a video of the same batch size and frame size")
+        state = self.rnn_core(e, state.to(e.dtype))
+        return state, state  # o_t = s_t
+
+    def stream(self, frames, kind="core"):
+        """Yields each frame's features [B, N+1, D] as frames [B, 3, H, W] arrive from any iterable,
+        so that a video never has to be in memory at once. kind 'core': o_t, the state carried from
+        frame to frame; 'encoder': ê_t alone, no recurrence (the image-model baseline)."""
+        if kind not in ("core", "encoder"):
+            raise ValueError(f"kind must be 'core' or 'encoder', got {kind!r}")
+        state = None
+        for frame in frames:
+            if kind == "core":
+                o, state = self.step(frame, state)
+            else:
+                o = self.encode(frame)
+            yield o
+
+    def features(self, video, kind="core"):
+        """Features of every frame, [B, T, 3, H, W] -> [B, T, N+1, D] (token 0 is CLS). The rnn
+        model unrolls `step`, so frame t never sees a frame after t."""
+        self._check_frames(video, "video", ndim=5)
+        if self.config.aggregator == "attn" and kind == "core":
+            return self._attn_features(video)
+        return torch.stack(list(self.stream(video.unbind(1), kind)), dim=1)
+
+    @torch.no_grad()
+    def patch_features(self, frames, kind="core"):
+        """What the evaluations and pictures use: the frames [3, H, W] of one video from any iterable,
+        streamed -> patch features [T, h, w, D] in float32, CLS dropped, patches row-major."""
+        widths = []
+
+        def batches():
+            for frame in frames:
+                widths.append(frame.shape[-1] // self.config.patch_size)
+                yield frame[None]
+
+        out = [o[0, 1:].float() for o in self.stream(batches(), kind)]
+        if not out:
+            raise ValueError("patch_features(): the video has no frames")
+        return rearrange(torch.stack(out), "t (h w) d -> t h w d", w=widths[-1])
+
+    def _attn_features(self, video):
+        """The §9 baseline: every frame's tokens (with CLS) concatenated, a sin/cos time embedding
+        added (ours: the paper allows learned or fixed), one ViT over all of them, split per frame."""
+        B, T = video.shape[:2]
+        tokens = self.with_cls(self.tokenize(rearrange(video, "b t c h w -> (b t) c h w")))
+        tokens = rearrange(tokens, "(b t) n d -> b t n d", b=B)
+        tokens = tokens + sincos_table(T, self.config.width).to(tokens)[None, :, None, :]
+        x = self.encoder(rearrange(tokens, "b t n d -> b (t n) d"))
+        return rearrange(x, "b (t n) d -> b t n d", t=T)
+
+    # -- training (§3.1, Fig. 2) --
+
+    def forward(self, source, target, deltas, mask_perm=None):
+        """The training objective, the paper's chain of steps.
+
+        source [B, K, 3, H, W], target [B, T, 3, H, W], deltas [B, T]: each target's frame offset
+        from the FIRST source frame (the authors' convention; 0 <= Δ < n_deltas). `mask_perm`
+        [B or 1, T or 1, N] injects the masking (position j of the shuffle holds token
+        mask_perm[..., j]; the first M stay visible); by default one is drawn per sample and target
+        frame (the authors share one per batch). Returns (loss, reconstruction [B, T, 3, H, W],
+        mask [B, T, h, w] with True = hidden)."""
+        deltas, mask_perm = self._check_inputs(source, target, deltas, mask_perm)  # mask_perm: [B*T, N]
+        memory = self.source_memory(source, n_targets=target.shape[1])  # o_1..o_K, the decoder's keys/values
+        visible = self.encode_visible(target, mask_perm)  # ê^T: the M visible target tokens, the same encoder
+        reconstruction = self.decode(visible, mask_perm, deltas, memory, target.shape)
+        loss = F.mse_loss(reconstruction, target.float())  # §3.1 "Loss": every pixel, float32, no patch norm
+        return loss, reconstruction, self.hidden_patches(mask_perm, target.shape)
+
+    def n_visible(self, n_tokens):
+        return int(n_tokens * (1 - self.config.mask_ratio))  # M = ⌊(1 − m) N⌋ in Python floats, as theirs
+
+    def source_features(self, source):
+        """The K source frames [B, K, 3, H, W] -> o_1..o_K [B, K, N+1, D]. The encoder runs on all K
+        frames as one batch; then the core is unrolled over them from s_0 = 0 (§3.1)."""
+        if self.config.aggregator == "attn":
+            return self._attn_features(source)
+        e = rearrange(self.encode(rearrange(source, "b k c h w -> (b k) c h w")), "(b k) n d -> k b n d",
+                      b=source.shape[0])
+        state, outputs = torch.zeros_like(e[0]), []
+        for e_t in e:
+            state = self.rnn_core(e_t, state)
+            outputs.append(state)  # o_t = s_t
+        return torch.stack(outputs, dim=1)
+
+    def source_memory(self, source, n_targets):
+        """The decoder's keys/values: the source features, CLS included, concatenated along the
+        token axis (§3.1) and embedded, one copy per target frame: [B*T, K*(N+1), dec_width].
+        decoder_memory='last' keeps o_K alone (ours, for the noise-square demo: configs/noise_square.py)."""
+        o = self.source_features(source)
+        if self.config.decoder_memory == "last":
+            o = o[:, -1:]
+        memory = self.decoder_embedder(rearrange(o, "b k n d -> b (k n) d"))
+        return memory.repeat_interleave(n_targets, dim=0)
+
+    def encode_visible(self, target, mask_perm):
+        """Target frames [B, T, 3, H, W] -> the encoded visible tokens ê^T [B*T, M+1, dec_width]:
+        tokenize, keep the first M tokens of the shuffle, prepend CLS, the shared encoder, then the
+        decoder embedding. Targets do not pass through the core (§3.1)."""
+        tokens = self.tokenize(rearrange(target, "b t c h w -> (b t) c h w"))
+        keep = mask_perm[:, :self.n_visible(tokens.shape[1])]
+        visible = torch.gather(tokens, 1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
+        return self.decoder_embedder(self.encoder(self.with_cls(visible)))
+
+    def decode(self, visible, mask_perm, deltas, memory, target_shape):
+        """The MAE decoder (§3.1 "Decoder", Table 6): the visible tokens back on their grid positions,
+        a learned [MASK] token everywhere else, + the time gap's embedding + positions, the target's
+        CLS in front; cross-attention to the source memory; each token -> its P x P x 3 pixels."""
+        B, T, _, H, W = target_shape
+        c, P = self.config, self.config.patch_size
+        cls, x = visible[:, :1], visible[:, 1:]
+        N = mask_perm.shape[1]
+        x = torch.cat([x, self.mask_token.to(x.dtype).expand(x.shape[0], N - x.shape[1], -1)], dim=1)
+        x = torch.gather(x, 1, mask_perm.argsort(dim=1)[..., None].expand(-1, -1, x.shape[-1]))  # shuffle undone
+        onehot = F.one_hot(rearrange(deltas, "b t -> (b t)").to(x.device).long(), c.n_deltas).to(x.dtype)
+        x = x + self.delta_embedder(onehot)[:, None, :]  # Δ on the patch tokens, not on CLS
+        x = x + self._positions_for("dec", H // P, W // P, x.device).to(x.dtype)
+        x = self.decoder(torch.cat([cls, x], dim=1), memory)
+        patches = self.detokenizer(x[:, 1:])  # CLS dropped; a patch's pixels are (row, column, channel)
+        return rearrange(patches.float(), "(b t) (h w) (p q c) -> b t c (h p) (w q)", b=B, h=H // P, p=P, q=P)
+
+    def hidden_patches(self, mask_perm, target_shape):
+        """[B, T, h, w], True where a target patch was hidden from the encoder."""
+        B, _, _, H, W = target_shape
+        keep = mask_perm[:, :self.n_visible(mask_perm.shape[1])]
+        hidden = torch.ones_like(mask_perm, dtype=torch.bool).scatter_(1, keep, False)
+        return rearrange(hidden, "(b t) (h w) -> b t h w", b=B, h=H // self.config.patch_size)
+
+    # -- input checks, in one place: a wrong input stops here with a message, not deep in torch --
 
     def _check_frames(self, x, what, ndim):
         shape = "[B, 3, H, W]" if ndim == 4 else "[B, T, 3, H, W]"
@@ -281,348 +450,225 @@ class RVM(nn.Module):
             raise ValueError(f"{what}: expected shape {shape} with 3 colour channels, got {tuple(x.shape)}")
         P = self.config.patch_size
         if x.shape[-2] % P or x.shape[-1] % P:
-            raise ValueError(f"{what}: frame size {tuple(x.shape[-2:])} is not a multiple of the patch "
-                             f"size {P}; resize or crop the frames")
+            raise ValueError(f"{what}: frame size {tuple(x.shape[-2:])} is not a multiple of the patch size {P}")
 
-    def _positions_for(self, kind, h, w, device):
-        key = (kind, h, w, device)
-        if key not in self._positions:
-            c = self.config
-            table = (encoder_positions(h, w, c.width, c.base_grid) if kind == "enc"
-                     else sincos_table(h * w, c.dec_width))  # decoder: fresh table for the grid, no resize
-            self._positions[key] = table.to(device)
-        return self._positions[key]
-
-    # -- tokenizer and encoder (§3.1) --
-
-    def tokenize(self, frames):
-        """[B, 3, H, W] -> patch tokens e [B, N, D] with positions added (CLS not yet in front)."""
-        x = rearrange(self.tokenizer(frames), "b d h w -> b (h w) d")
-        h, w = frames.shape[-2] // self.config.patch_size, frames.shape[-1] // self.config.patch_size
-        return x + self._positions_for("enc", h, w, frames.device).to(x.dtype)
-
-    def with_cls(self, tokens):
-        return torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
-
-    def encode(self, frames):
-        """Per-frame encoder features ê [B, N+1, D]: what an image model sees (no core)."""
-        self._check_frames(frames, "encode(frames)", ndim=4)
-        return self.encoder(self.with_cls(self.tokenize(frames)))
-
-    # -- streaming: the core makes the model online (§3.2) --
-
-    def step(self, frame, state=None):
-        """One frame [B, 3, H, W] and the previous state (None at the start: s_0 = 0) ->
-        (features o_t [B, N+1, D], new state s_t). Cost per frame is constant."""
-        if self.config.aggregator != "rnn":
-            raise ValueError("step() needs aggregator='rnn': the 'attn' baseline attends over all frames at once")
-        e = self.encode(frame)
-        if state is None:
-            state = torch.zeros_like(e)  # s_0 = 0 (§3.1)
-        elif state.shape != e.shape:
-            raise ValueError(f"step(): state has shape {tuple(state.shape)} but this frame gives {tuple(e.shape)} "
-                             "([B, N+1, D]); a state only continues a video of the same batch size and resolution")
-        state = self.rnn_core(e, state.to(e.dtype))
-        return state, state  # o_t = s_t (Eq. 3)
-
-    def stream(self, frames, kind="core"):
-        """Yields each frame's features [B, N+1, D] as the frames [B, 3, H, W] arrive (any iterable,
-        so a video never has to be in memory at once). kind 'core': o_t, the state carried from frame
-        to frame; 'encoder': the per-frame encoder output, no recurrence (the image-model baseline)."""
-        if kind not in ("core", "encoder"):
-            raise ValueError(f"stream(kind): expected 'core' or 'encoder', got {kind!r}")
-        state = None
-        for frame in frames:
-            if kind == "core":
-                o, state = self.step(frame, state)
-            else:
-                o = self.encode(frame)
-            yield o
-
-    def features(self, video):
-        """Core features o_t of every frame, [B, T, 3, H, W] -> [B, T, N+1, D] (token 0 is CLS).
-        With 'rnn' this unrolls `step`, so frame t never sees frames after t."""
-        self._check_frames(video, "features(video)", ndim=5)
-        if self.config.aggregator == "attn":
-            return self._attn_features(video)
-        return torch.stack(list(self.stream(video.unbind(1))), dim=1)
-
-    def encoder_features(self, video):
-        """Per-frame encoder outputs without any temporal aggregation, [B, T, N+1, D]."""
-        self._check_frames(video, "encoder_features(video)", ndim=5)
-        return torch.stack(list(self.stream(video.unbind(1), kind="encoder")), dim=1)
-
-    def _source_features(self, source):
-        """Training path for the K source frames: the encoder runs on all K at once (one big
-        batch), then the core is unrolled over them. [B, K, 3, H, W] -> [B, K, N+1, D]."""
-        if self.config.aggregator == "attn":
-            return self._attn_features(source)
-        B, K = source.shape[:2]
-        e = self.encode(rearrange(source, "b k c h w -> (b k) c h w"))
-        e = rearrange(e, "(b k) n d -> b k n d", b=B)
-        state, out = torch.zeros_like(e[:, 0]), []  # s_0 = 0
-        for t in range(K):
-            state = self.rnn_core(e[:, t], state)
-            out.append(state)
-        return torch.stack(out, dim=1)
-
-    def _attn_features(self, video):
-        """§9 baseline: every frame's tokens (with CLS) concatenated, a sin/cos time embedding
-        added, one ViT over all of them (depth enc_layers + core_layers); split back per frame."""
-        B, T = video.shape[:2]
-        tokens = self.with_cls(self.tokenize(rearrange(video, "b t c h w -> (b t) c h w")))
-        tokens = rearrange(tokens, "(b t) n d -> b t n d", b=B)
-        tokens = tokens + sincos_table(T, self.config.width).to(tokens)[None, :, None, :]
-        x = self.encoder(rearrange(tokens, "b t n d -> b (t n) d"))
-        return rearrange(x, "b (t n) d -> b t n d", t=T)
-
-    # -- training forward (§3.1) --
-
-    def n_visible(self, n_tokens):
-        return int(n_tokens * (1 - self.config.mask_ratio))  # M = ⌊(1 − m) N⌋, in Python floats as theirs
-
-    def forward(self, source, target, deltas, mask_perm=None):
-        """source [B, K, 3, H, W], target [B, T, 3, H, W], deltas [B, T] (each target's frame
-        offset from the first source frame). `mask_perm` [B or 1, T or 1, N] injects the masking
-        permutation (position j of the shuffle holds token mask_perm[..., j]; the first M stay
-        visible); by default one is drawn per sample and target frame.
-        Returns (loss, reconstruction [B, T, 3, H, W], mask [B, T, h, w] with True = masked)."""
-        c, P = self.config, self.config.patch_size
-        self._check_frames(source, "forward(source)", ndim=5)
-        self._check_frames(target, "forward(target)", ndim=5)
+    def _check_inputs(self, source, target, deltas, mask_perm):
+        """Checks forward's inputs; returns deltas and the masking permutation [B*T, N] (on the target's device).
+        Nothing here reads a device tensor back to the host (a device round trip would stall XLA)."""
+        self._check_frames(source, "source", ndim=5)
+        self._check_frames(target, "target", ndim=5)
         if source.shape[0] != target.shape[0] or source.shape[-2:] != target.shape[-2:]:
-            raise ValueError(f"forward(): source {tuple(source.shape)} and target {tuple(target.shape)} must share "
-                             "batch size and frame size")
+            raise ValueError(f"source {tuple(source.shape)} and target {tuple(target.shape)} must share batch "
+                             "and frame size")
         B, T, _, H, W = target.shape
-        h, w = H // P, W // P
-        N, M = h * w, self.n_visible(h * w)
-        deltas = torch.as_tensor(deltas, device=target.device)
+        N = (H // self.config.patch_size) * (W // self.config.patch_size)
+        deltas = torch.as_tensor(deltas)
         if deltas.shape != (B, T):
-            raise ValueError(f"forward(deltas): expected shape [B, T] = {(B, T)}, got {tuple(deltas.shape)}")
-        if deltas.min() < 0 or deltas.max() >= c.n_deltas:
-            raise ValueError(f"forward(deltas): time gaps must lie in [0, {c.n_deltas}), got "
+            raise ValueError(f"deltas: expected shape [B, T] = [{B}, {T}], got {tuple(deltas.shape)}")
+        # The authors' one-hot turns a Δ out of range into zeros, silently; ours refuses it. Checked
+        # where it costs nothing: on CPU tensors (train.py hands deltas over on the CPU).
+        if deltas.device.type == "cpu" and (deltas.min() < 0 or deltas.max() >= self.config.n_deltas):
+            raise ValueError(f"deltas: time gaps must lie in [0, {self.config.n_deltas}), got "
                              f"{deltas.min().item()}..{deltas.max().item()}")
-
-        # Source path: encoder + core -> o_1..o_K, all K sets concatenated as keys/values
-        # (decoder_memory 'last': o_K alone).
-        source_features = self._source_features(source)  # [B, K, N+1, D]
-        if c.decoder_memory == "last":
-            source_features = source_features[:, -1:]
-        memory = self.decoder_embedder(rearrange(source_features, "b k n d -> b (k n) d"))
-        memory = memory.repeat_interleave(T, dim=0)  # the same memory for each target of a clip
-
-        # Target path: tokenize, keep M random tokens, prepend CLS, same encoder; no core (§3.1).
-        tokens = self.tokenize(rearrange(target, "b t c h w -> (b t) c h w"))  # [(B T), N, D]
         if mask_perm is None:
-            mask_perm = torch.rand(B * T, N, device=target.device).argsort(dim=1)
-        else:
-            mask_perm = torch.as_tensor(mask_perm, device=target.device).long()
-            if mask_perm.ndim != 3 or mask_perm.shape[0] not in (1, B) or mask_perm.shape[1] not in (1, T) \
-                    or mask_perm.shape[2] != N:
-                raise ValueError(f"forward(mask_perm): expected [B or 1, T or 1, N] = [{B}, {T}, {N}], "
-                                 f"got {tuple(mask_perm.shape)}")
-            mask_perm = rearrange(mask_perm.expand(B, T, N), "b t n -> (b t) n")
-        keep = mask_perm[:, :M]
-        visible = torch.gather(tokens, 1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
-        encoded = self.decoder_embedder(self.encoder(self.with_cls(visible)))  # [(B T), M+1, dec]
-
-        # Decoder queries (MAE): visible tokens back on the grid, [MASK] elsewhere, then Δ and positions.
-        cls, x = encoded[:, :1], encoded[:, 1:]
-        x = torch.cat([x, self.mask_token.to(x.dtype).expand(x.shape[0], N - M, -1)], dim=1)  # shuffled order
-        restore = mask_perm.argsort(dim=1)
-        x = torch.gather(x, 1, restore[..., None].expand(-1, -1, x.shape[-1]))  # back to grid order
-        delta_onehot = F.one_hot(rearrange(deltas, "b t -> (b t)").long(), c.n_deltas).to(x.dtype)
-        x = x + self.delta_embedder(delta_onehot)[:, None, :]
-        x = x + self._positions_for("dec", h, w, x.device).to(x.dtype)
-        x = self.decoder(torch.cat([cls, x], dim=1), memory)
-
-        # Pixels: drop CLS, each token -> its P x P x 3 patch, laid out (row, col, channel).
-        patches = self.detokenizer(x[:, 1:])
-        reconstruction = rearrange(patches.float(), "(b t) (h w) (p q c) -> b t c (h p) (w q)",
-                                   b=B, h=h, p=P, q=P, c=3)
-        loss = F.mse_loss(reconstruction, target.float())  # mean over every pixel, float32 (§3.1 "Loss")
-        mask = torch.ones(B * T, N, dtype=torch.bool, device=target.device)
-        mask.scatter_(1, keep, False)
-        return loss, reconstruction, rearrange(mask, "(b t) (h w) -> b t h w", b=B, h=h)
+            return deltas, torch.rand(B * T, N, device=target.device).argsort(dim=1)
+        mask_perm = torch.as_tensor(mask_perm)
+        if mask_perm.ndim != 3 or mask_perm.shape[0] not in (1, B) or mask_perm.shape[1] not in (1, T) \
+                or mask_perm.shape[2] != N:
+            raise ValueError(f"mask_perm: expected [B or 1, T or 1, N] = [{B}, {T}, {N}], got {tuple(mask_perm.shape)}")
+        return deltas, rearrange(mask_perm.to(target.device).long().expand(B, T, N), "b t n -> (b t) n")
 
     # -- bookkeeping --
 
     def num_params(self, part="backbone"):
-        """'backbone' counts what Table 5's "Total Params" counts (tokenizer + encoder + core,
-        the parts kept after training); 'all' adds the decoder."""
-        backbone = [self.tokenizer, self.encoder] + ([self.rnn_core] if self.config.aggregator == "rnn" else [])
-        n = sum(p.numel() for m in backbone for p in m.parameters()) + self.cls_token.numel()
-        return n if part == "backbone" else sum(p.numel() for p in self.parameters())
+        """'backbone': what Table 5's "Total Params" counts (tokenizer, encoder and core: the parts
+        kept after training); 'all' adds the decoder."""
+        if part == "all":
+            return sum(p.numel() for p in self.parameters())
+        kept = [self.tokenizer, self.encoder] + ([self.rnn_core] if self.config.aggregator == "rnn" else [])
+        return sum(p.numel() for m in kept for p in m.parameters()) + self.cls_token.numel()
 
     def flops_per_example(self, image_size, n_source=4, n_target=4):
-        """Forward+backward FLOPs of one training example (matmuls only, 3x the forward), as
-        nanoGPT's estimate_mfu counts them: 2 FLOPs per multiply-add."""
+        """FLOPs of one training example, forward and backward: the matmuls (attention included),
+        2 FLOPs per multiply-add, backward = 2x forward, as nanoGPT's estimate_mfu counts them."""
         c = self.config
         N = (image_size // c.patch_size) ** 2
-        n, m = N + 1, self.n_visible(N) + 1
-        D, E = c.width, c.dec_width
+        n, m, D, E = N + 1, self.n_visible(N) + 1, c.width, c.dec_width
 
-        def vit(tokens, dim, mlp, depth):  # projections + attention scores/values
+        def vit(tokens, dim, mlp, depth):  # projections + attention scores and values
             return depth * (2 * tokens * (4 * dim * dim + 2 * dim * mlp) + 4 * tokens * tokens * dim)
 
-        def xtx(q, kv, dim, mlp, depth):  # cross-attn + MLP + self-attn
-            cross = 2 * q * 2 * dim * dim + 2 * kv * 2 * dim * dim + 4 * q * kv * dim
-            return depth * (cross + vit(q, dim, mlp, 1))
+        def cross(q, kv, dim, mlp, depth):  # cross-attention (q, out from q; k, v from kv) + MLP + self-attention
+            return depth * (4 * q * dim * dim + 4 * kv * dim * dim + 4 * q * kv * dim + vit(q, dim, mlp, 1))
 
         patch = 2 * N * 3 * c.patch_size ** 2 * D
-        if c.aggregator == "rnn":
-            src = n_source * (patch + vit(n, D, c.enc_mlp, c.enc_layers)
-                              + 2 * n * 4 * D * D + xtx(n, n, D, c.core_mlp, c.core_layers))
+        if c.aggregator == "rnn":  # per source frame: encoder, four gates, Tx
+            src = n_source * (patch + vit(n, D, c.enc_mlp, c.enc_layers) + 8 * n * D * D
+                              + cross(n, n, D, c.core_mlp, c.core_layers))
         else:
             src = n_source * patch + vit(n_source * n, D, c.enc_mlp, c.enc_layers + c.core_layers)
-        tgt_depth = c.enc_layers + (c.core_layers if c.aggregator == "attn" else 0)
-        tgt = n_target * (patch + vit(m, D, c.enc_mlp, tgt_depth) + 2 * m * D * E)
-        k = n_source if c.decoder_memory == "all" else 1  # source feature sets the decoder reads
-        dec = n_target * (xtx(n, k * n, E, c.dec_mlp, c.dec_layers) + 2 * N * E * 3 * c.patch_size ** 2)
-        dec += 2 * k * n * D * E  # embedding the memory
-        return 3 * (src + tgt + dec)
+        tgt = n_target * (patch + vit(m, D, c.enc_mlp, len(self.encoder.layers)) + 2 * m * D * E)
+        k = n_source if c.decoder_memory == "all" else 1
+        dec = n_target * (cross(n, k * n, E, c.dec_mlp, c.dec_layers) + 2 * N * E * 3 * c.patch_size ** 2)
+        return 3 * (src + tgt + dec + 2 * k * n * D * E)  # the last term embeds the memory
+
+
+def peak_flops(device, dtype=torch.bfloat16):
+    """The FLOP/s that MFU is counted against: on CUDA the datasheet's dense bf16 peak (an H100's
+    989 TFLOP/s unless the card is known to be another), on a CPU what a dense matmul reaches here
+    (best of 8, ~0.3 s), elsewhere unknown (None)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in {"A100": 312e12, "H100": 989e12, "H200": 989e12}.items() if k in name), 989e12)
+    if device.type != "cpu":
+        return None
+    a = torch.full((1024, 1024), 0.5, dtype=dtype)  # not randn: leaves the random state alone
+    best = math.inf
+    for _ in range(8):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 1024 ** 3 / best
 
 
 # ----------------------------------------------------------------------------------------------
-# Loading weights: the authors' released checkpoints, and ours.
+# Weights: the authors' released checkpoints (a flat .npz of `/`-joined keys), and ours.
 
 
 def official_name(name):
     """Our state-dict name -> (their flat key, how to turn their array into ours)."""
-    parts = name.split(".")
-    leaf = parts[-1]
+    *parts, leaf = name.split(".")
     path = []
-    for p in parts[:-1]:
+    for p in parts:
         if p.isdigit():
-            path[-1] = f"{path[-1]}_{p}"  # layers.3 -> layers_3, xa_blocks.3 -> xa_blocks_3
+            path[-1] += f"_{p}"  # layers.3 -> layers_3, xa_blocks.3 -> xa_blocks_3
         else:
             path.append(p)
-    if path == ["tokenizer"]:
-        return "tokenizer/patch_embedding/Conv_0/" + ("kernel" if leaf == "weight" else "bias"), "conv"
-    if path == ["detokenizer"]:
-        path = ["detokenizer", "Dense_0"]
-    if path == ["encoder", "norm"]:
-        path = ["encoder", "LayerNorm_0"]
     if leaf in ("cls_token", "mask_token"):
         return leaf, "token"
-    is_norm = path[-1].endswith("norm") or path[-1] == "LayerNorm_0"
-    if is_norm:
+    if path == ["tokenizer"]:
+        return "tokenizer/patch_embedding/Conv_0/" + ("kernel" if leaf == "weight" else "bias"), "conv"
+    path = {("detokenizer",): ["detokenizer", "Dense_0"], ("encoder", "norm"): ["encoder", "LayerNorm_0"]}.get(
+        tuple(path), path)
+    if path[-1].endswith("norm") or path[-1] == "LayerNorm_0":
         return "/".join(path + ["scale" if leaf == "weight" else "bias"]), "plain"
+    key = "/".join(path + ["kernel" if leaf == "weight" else "bias"])
     if path[-1] in ("query", "key", "value"):
-        return "/".join(path + ["kernel" if leaf == "weight" else "bias"]), "qkv"
-    if path[-1] == "out" and leaf == "weight":
-        return "/".join(path + ["kernel"]), "attn_out"
-    return "/".join(path + ["kernel" if leaf == "weight" else "bias"]), "dense"
+        return key, "qkv"
+    return key, "attn_out" if path[-1] == "out" and leaf == "weight" else "dense"
 
 
-def _from_official(array, how, ours_shape):
+def _from_official(array, how, shape):
+    """Their layout -> ours: dense kernels are [in, out] (ours [out, in]); attention q/k/v kernels
+    [in, heads, head_dim] and biases [heads, head_dim]; the out kernel [heads, head_dim, out]; the
+    patch embedding a 3-D conv kernel [1, P, P, 3, D]; tokens [1, D]."""
     a = torch.as_tensor(np.asarray(array, dtype=np.float32))
-    if how == "conv":
-        a = a[0].permute(3, 2, 0, 1) if a.ndim == 5 else a  # [1, kh, kw, c_in, D] -> [D, c_in, kh, kw]
+    if how == "conv" and a.ndim == 5:
+        a = a[0].permute(3, 2, 0, 1)
     elif how == "token":
         a = a.reshape(1, 1, -1)
-    elif how == "qkv":  # kernel [in, heads, head_dim] -> [heads*head_dim, in]; bias [heads, head_dim]
+    elif how == "qkv":
         a = a.reshape(a.shape[0], -1).T if a.ndim == 3 else a.reshape(-1)
-    elif how == "attn_out":  # [heads, head_dim, out] -> [out, heads*head_dim]
+    elif how == "attn_out":
         a = a.reshape(-1, a.shape[-1]).T
-    elif how == "dense" and a.ndim == 2:  # [in, out] -> [out, in]
+    elif how == "dense" and a.ndim == 2:
         a = a.T
-    if tuple(a.shape) != tuple(ours_shape):
-        raise ValueError(f"shape {tuple(a.shape)} after conversion, expected {tuple(ours_shape)}")
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"shape {tuple(a.shape)} after conversion, expected {tuple(shape)}")
     return a.contiguous()
 
 
 def config_from_official(arrays, **overrides):
-    """Infer the model size from the arrays' shapes (the released S/B/L/H and the micro file)."""
+    """The model size, read off the arrays' shapes (their S/B/L/H, and the micro reference file)."""
     def shape(key):
         if key not in arrays:
-            raise ValueError(f"official checkpoint: missing key {key!r}")
+            raise ValueError(f"missing key {key!r}")
         return arrays[key].shape
 
     def count(prefix):
         return len({k[len(prefix):].split("/")[0] for k in arrays if k.startswith(prefix)})
 
+    def heads(stack):
+        return shape(f"{stack}/ca_attention/query/kernel" if "xa_" in stack else f"{stack}/attention/query/kernel")[1]
+
     kernel = shape("tokenizer/patch_embedding/Conv_0/kernel")
-    cfg = dict(
-        patch_size=kernel[1], width=kernel[-1],
-        enc_layers=count("encoder/layers_"), enc_heads=shape("encoder/layers_0/attention/query/kernel")[1],
-        enc_mlp=shape("encoder/layers_0/mlp/dense_in/kernel")[1],
-        core_layers=count("rnn_core/transformer/xa_blocks_"),
-        core_heads=shape("rnn_core/transformer/xa_blocks_0/ca_attention/query/kernel")[1],
-        core_mlp=shape("rnn_core/transformer/xa_blocks_0/mlp/dense_in/kernel")[1],
-        dec_width=shape("mask_token")[-1], dec_layers=count("decoder/xa_blocks_"),
-        dec_heads=shape("decoder/xa_blocks_0/ca_attention/query/kernel")[1],
-        dec_mlp=shape("decoder/xa_blocks_0/mlp/dense_in/kernel")[1],
-        n_deltas=shape("delta_embedder/kernel")[0],
-    )
-    cfg.update(overrides)
-    return RVMConfig(**{k: int(v) if isinstance(v, (np.integer,)) else v for k, v in cfg.items()})
+    cfg = dict(patch_size=kernel[1], width=kernel[-1], enc_layers=count("encoder/layers_"),
+               enc_heads=heads("encoder/layers_0"), enc_mlp=shape("encoder/layers_0/mlp/dense_in/kernel")[1],
+               core_layers=count("rnn_core/transformer/xa_blocks_"),
+               core_heads=heads("rnn_core/transformer/xa_blocks_0"),
+               core_mlp=shape("rnn_core/transformer/xa_blocks_0/mlp/dense_in/kernel")[1],
+               dec_width=shape("mask_token")[-1], dec_layers=count("decoder/xa_blocks_"),
+               dec_heads=heads("decoder/xa_blocks_0"), dec_mlp=shape("decoder/xa_blocks_0/mlp/dense_in/kernel")[1],
+               n_deltas=shape("delta_embedder/kernel")[0])
+    return RVMConfig(**{k: int(v) for k, v in cfg.items()}, **overrides)
 
 
 def load_official(path_or_arrays, **config_overrides):
-    """The authors' flat `/`-keyed arrays (their released `.npz`, or a dict) -> our RVM with every
-    weight in place. The size is inferred from the shapes; `config_overrides` sets what shapes
-    cannot tell (e.g. mask_ratio). A missing, unexpected or mis-shaped key is a ValueError naming it."""
-    source = str(path_or_arrays) if not isinstance(path_or_arrays, dict) else "arrays"
+    """The authors' weights (their released .npz, or a dict of its arrays) -> our RVM, every weight
+    in place, in eval mode. The size is read off the shapes; `config_overrides` set what shapes
+    cannot tell (mask_ratio, say). A missing, unexpected or misshaped key is a ValueError naming it."""
+    where = "arrays" if isinstance(path_or_arrays, dict) else str(path_or_arrays)
     if isinstance(path_or_arrays, dict):
         arrays = dict(path_or_arrays)
     else:
         try:
             with np.load(path_or_arrays, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{source}: not a readable .npz checkpoint ({err})") from None
-    # The reference file stores parameters under "param/"; released checkpoints have bare keys.
-    if any(k.startswith("param/") for k in arrays):
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{where}: no such file") from None
+        except Exception as err:  # noqa: BLE001 -- a truncated zip, a pickle, a text file: one message
+            raise ValueError(f"{where}: not a readable .npz of the authors' weights ({type(err).__name__})") from None
+    if any(k.startswith("param/") for k in arrays):  # the reference file keeps parameters under param/
         arrays = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     try:
         model = RVM(config_from_official(arrays, **config_overrides))
+        state, used = {}, set()
+        for name, ours in model.state_dict().items():
+            key, how = official_name(name)
+            if key not in arrays:
+                raise ValueError(f"missing key {key!r} (our {name})")
+            try:
+                state[name] = _from_official(arrays[key], how, ours.shape)
+            except (ValueError, RuntimeError) as err:
+                raise ValueError(f"key {key!r} of shape {tuple(arrays[key].shape)}: {err}") from None
+            used.add(key)
+        unexpected = sorted(set(arrays) - used)
+        if unexpected:
+            raise ValueError(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
     except ValueError as err:
-        raise ValueError(f"{source}: {err}") from None
-    state, used = {}, set()
-    for name, ours in model.state_dict().items():
-        key, how = official_name(name)
-        if key not in arrays:
-            raise ValueError(f"{source}: missing key {key!r} (for our {name})")
-        try:
-            state[name] = _from_official(arrays[key], how, ours.shape)
-        except (ValueError, RuntimeError) as err:
-            raise ValueError(f"{source}: key {key!r} has shape {tuple(arrays[key].shape)}: {err}") from None
-        used.add(key)
-    unexpected = sorted(set(arrays) - used)
-    if unexpected:
-        raise ValueError(f"{source}: unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise ValueError(f"{where}: {err}") from None
     model.load_state_dict(state)
     return model.eval()
 
 
-def load_model(path, map_location="cpu", **config_overrides):
-    """Any checkpoint -> RVM in eval mode: the authors' `.npz`, or a `.pt` saved by train.py
-    (a dict with 'model' (state dict) and 'model_config' (RVMConfig fields))."""
+def load_model(path, **config_overrides):
+    """Any checkpoint -> RVM in eval mode, on the CPU: the authors' .npz, or a .pt from train.py
+    (a dict with 'model', the state dict, and 'model_config', the RVMConfig fields)."""
     path = str(path)
     if path.endswith(".npz"):
         return load_official(path, **config_overrides)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint not found: {path}") from None
-    except Exception as err:  # noqa: BLE001 -- any unreadable file gets the same clear message
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        raise FileNotFoundError(f"{path}: no such checkpoint") from None
+    except Exception as err:  # noqa: BLE001 -- empty, truncated or not ours: one message
+        raise ValueError(f"{path}: not a readable train.py checkpoint ({type(err).__name__}); "
+                         "it may be truncated or another kind of file") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{path}: expected a train.py checkpoint with 'model' and 'model_config' entries")
+        raise ValueError(f"{path}: not a train.py checkpoint (no 'model' and 'model_config' entries)")
     known = {f.name for f in fields(RVMConfig)}
-    cfg = {k: v for k, v in ckpt["model_config"].items() if k in known}
-    cfg.update(config_overrides)
-    model = RVM(RVMConfig(**cfg))
+    model = RVM(RVMConfig(**{**{k: v for k, v in ckpt["model_config"].items() if k in known}, **config_overrides}))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
 
 if __name__ == "__main__":
-    # Table 5 sizes, counted as the paper counts them (tokenizer + encoder + core).
-    with torch.device("meta"):
-        for name, (w, heads, layers, core_heads) in dict(S=(384, 6, 12, 8), B=(768, 12, 12, 12),
-                                                         L=(1024, 16, 24, 16), H=(1280, 16, 32, 16)).items():
-            m = RVM(RVMConfig(width=w, enc_heads=heads, enc_layers=layers, core_heads=core_heads))
-            print(f"RVM-{name}: backbone {m.num_params() / 1e6:.1f}M, with decoder {m.num_params('all') / 1e6:.1f}M, "
-                  f"{m.flops_per_example(256) / 1e12:.2f} TFLOPs per training example at 256 px")
+    import sys
+
+    # python model.py configs/s.py configs/b.py ...: each size counted as Table 5 counts it.
+    for path in sys.argv[1:] or ["configs/s.py", "configs/b.py", "configs/l.py", "configs/h.py"]:
+        with torch.device("meta"):  # no memory, no time
+            m = RVM(config_from_file(path))
+        print(f"{path}: backbone {m.num_params() / 1e6:.1f}M, with decoder {m.num_params('all') / 1e6:.1f}M, "
+              f"{m.flops_per_example(256) / 1e12:.2f} TFLOPs per training example at 256 px")

@@ -1,4 +1,4 @@
-"""Shared test setup: the `--runslow` switch and paths to the read-only shared data.
+"""Shared test setup: the `--runslow` switch, the authors' reference vectors, the DAVIS test data.
 
 `pytest` runs the quick tests; `pytest --runslow` runs everything, as CI does.
 """
@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the scripts are flat top-level modules: `import model`
-SHARED = Path(os.environ.get("RVM_SHARED", ROOT.parent / "shared"))
+REFERENCE = ROOT / "tests" / "reference"  # the authors' reference vectors (tests/reference/README.md)
+DATA = Path(os.environ.get("RVM_DATA", ROOT.parent / "shared" / "data"))
 
 
 def pytest_addoption(parser):
@@ -31,7 +32,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def shared():
-    if not SHARED.is_dir():
-        pytest.skip(f"shared data folder not found at {SHARED} (set RVM_SHARED)")
-    return SHARED
+def davis():
+    """The folder holding real DAVIS-2017 sequences for the tests: davis2017-mini/ (blackswan,
+    car-shadow, dog) and, for the toolkit checks, davis2017-more/ and osvos-davis2017/."""
+    if not (DATA / "davis2017-mini" / "JPEGImages").is_dir():
+        pytest.skip(f"no DAVIS test data in {DATA}. Set RVM_DATA to a folder holding davis2017-mini/ in the "
+                    "DAVIS-2017 layout (JPEGImages/480p/<seq>, Annotations/480p/<seq>, ImageSets/2017/val.txt; "
+                    "from https://davischallenge.org, e.g. the sequences blackswan, car-shadow, dog)")
+    return DATA
