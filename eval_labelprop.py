@@ -1,62 +1,54 @@
 """Label propagation: does the model know where things went? (paper §4.2.3, supplement §11.2)
 
-A zero-shot probe of the frozen features. Nothing is trained. We give the labels of the first frame
-of a video: object masks (DAVIS-2017), body-part masks (VIP) or 15 body joints (JHMDB). Each later
-frame takes its labels from the frames before it, each patch copying the labels of the patches it
-is most similar to. Only correspondence in feature space is being tested.
+A zero-shot probe of frozen features; nothing is trained. Given the labels of a video's first frame
+-- object masks (DAVIS-2017), body-part masks (VIP) or 15 body joints (JHMDB) -- each later frame
+takes its labels from the frames before it, each patch copying the labels of the patches most
+similar to it. Only correspondence in feature space is tested.
 
 The protocol is the authors' evaluation notebook (google-deepmind/representations4d,
-`colabs/rvm_evaluation_demo.ipynb`). It is the CRW protocol of Jabri et al. 2020, as CropMAE runs
-it. Step by step, for one video:
+`colabs/rvm_evaluation_demo.ipynb`): the CRW protocol of Jabri et al. 2020 as CropMAE runs it.
+Step by step, for one video:
 
  1. Resize every frame to the task resolution (DAVIS 480x880, JHMDB 320x320, VIP 448x880; Lanczos,
-    as the notebook's `mediapy.resize_video` does). Unroll the model over the *whole* video in one
-    streaming pass, `model.step` frame by frame. Keep the patch tokens of the core output o_t (CLS
-    dropped) and L2-normalise each token: feats [T, h, w, C], h = H/16, w = W/16.
-    `--features encoder` takes the encoder output instead: no recurrence, an image-model baseline.
+    as the notebook's mediapy.resize_video). Unroll the model over the *whole* video in one
+    streaming pass, frame by frame. Keep the patch tokens of the core output o_t (CLS dropped) and
+    L2-normalise each: feats [T, h, w, C], h = H/16, w = W/16. `--features=encoder` takes the
+    encoder's output instead: no recurrence, an image-model baseline.
  2. First-frame labels on the feature grid. DAVIS/VIP: nearest-resize the mask to the task
-    resolution, make one channel per label value present, and resize that bilinearly to h x w. This
-    gives soft labels at object borders. JHMDB: for each joint a small Gaussian (sigma = 0.5 cells)
-    at its grid position, plus a background channel that is 1 where no joint has any mass.
- 3. Propagate (`label_propagation`). The context of frame t is frame 0 (always) plus a queue of
-    the `n_context` most recent (features, predicted soft labels) pairs. The queue starts as
-    n_context copies of frame 0. Each cell of frame t gets
-        affinity = <feature of the cell, feature of a context cell> / temperature
-    against every context cell. Cells of *queued* frames farther than `radius` grid cells away
-    (Euclidean distance, strict <) are excluded. Frame 0 is searched everywhere. The top-k
-    affinities are taken over all context cells together, softmaxed, and used to weight the sum
-    of those cells' soft labels. That sum is the cell's prediction, and it enters the queue.
-    Settings (supplement Table 8): n_context 20, temperature 0.7, top-k 7 (VIP 10), radius 20.
- 4. Read out. DAVIS/VIP: upsample the soft map bilinearly to the task resolution, argmax, map back
-    to label values, and resize to the frame's native size with nearest-exact. JHMDB: each joint's
-    position is the weighted mean of the top-5 cells of its map, scaled to native size.
- 5. Score.
-    DAVIS: J (region IoU) and F (boundary F-measure) exactly as the DAVIS-2017 toolkit
-    (davisvideochallenge/davis2017-evaluation) computes them. This is checked against the toolkit's
-    own published per-frame scores of OSVOS in tests/test_labelprop.py. Scores are taken at native
-    resolution, without the first and last frames. Each object has a mean over frames. J-Mean and
-    F-Mean average over all objects of all sequences, and J&F-Mean is their mean.
-    VIP: one confusion matrix over 20 classes, all frames of all videos, then mIoU.
-    JHMDB: PCK@0.1, where a joint is correct if it lies within 0.1 x (0.6 x the diagonal of the
-    ground-truth joints' bounding box), counted per joint and averaged over the 15 joints.
+    resolution, one channel per label value present, resized bilinearly to h x w (soft labels at
+    borders). JHMDB: per joint a small Gaussian (sigma 0.5 cells) at its grid position, plus a
+    background channel that is 1 where no joint has mass.
+ 3. Propagate (`label_propagation`). The context of frame t is frame 0 (always) and a queue of the
+    `n_context` most recent (features, predicted soft labels), which starts as n_context copies of
+    frame 0. Each cell of frame t scores every context cell, affinity = <features> / temperature;
+    cells of *queued* frames farther than `radius` grid cells (Euclidean, strict <) are left out,
+    frame 0 is searched everywhere. The top-k affinities over all context cells together are
+    softmaxed and weight a sum of those cells' soft labels: the cell's prediction, which enters the
+    queue. Supplement Table 8: n_context 20, temperature 0.7, top-k 7 (VIP 10), radius 20.
+ 4. Read out. DAVIS/VIP: bilinear upsampling to the task resolution, argmax, back to label values,
+    nearest-exact to the frame's native size. JHMDB: each joint at the weighted mean of the top-5
+    cells of its map, scaled to native size.
+ 5. Score. DAVIS: J (region IoU) and F (boundary F-measure) exactly as the DAVIS-2017 toolkit
+    (davisvideochallenge/davis2017-evaluation) computes them -- tests/test_labelprop.py checks it
+    against the toolkit's own published per-frame scores -- at native resolution, without the first
+    and last frames; a mean per object, J-Mean and F-Mean over all objects of all sequences, J&F-Mean
+    their mean. VIP: one confusion matrix over 20 classes, all frames of all videos, then mIoU.
+    JHMDB: PCK@0.1, a joint correct within 0.1 x (0.6 x the diagonal of the ground-truth joints'
+    bounding box), per joint, averaged over the 15 joints.
 
-`--long-horizon` (paper Fig. 4) scores DAVIS videos of at least 80 frames on their first
-16/32/48/64/80 frames, each normalised by the 16-frame score. Features and propagation are both
-causal: frame t never sees a later frame. So the predictions for the first N frames of a video are
-exactly those for the video cut to N frames, and one pass over the first 80 frames serves every
-horizon.
+`--long_horizon` (Fig. 4) scores the DAVIS videos of at least 80 frames on their first 16/32/48/64/80
+frames, each relative to the 16-frame score. Features and propagation are causal, so the first N
+frames' predictions are those of the video cut to N frames: one pass over 80 frames serves all.
 
-    python eval_labelprop.py --task davis --data DAVIS --ckpt out/rvm-s/ckpt.pt
-    python eval_labelprop.py --task davis --data DAVIS --ckpt rvm_s.npz --features encoder
-    python eval_labelprop.py --task davis --data DAVIS --init random --size s   # untrained baseline
-    python eval_labelprop.py --task davis --data DAVIS --ckpt ckpt.pt --long-horizon
-    python eval_labelprop.py --task jhmdb --data JHMDB --ckpt ckpt.pt
-    python eval_labelprop.py --task vip --data VIP_Fine --ckpt ckpt.pt
-    # small and fast, e.g. on a laptop:
-    python eval_labelprop.py --task davis --data DAVIS --init random --resolution 240 432 \\
-        --max-frames 20 --sequences blackswan,dog
+    python eval_labelprop.py --task=davis --data=/path/to/DAVIS --ckpt=out/rvm-s/ckpt.pt
+    python eval_labelprop.py --task=davis --data=/path/to/DAVIS --ckpt=rvm_s.npz --features=encoder
+    python eval_labelprop.py --task=davis --data=/path/to/DAVIS --untrained=configs/s.py   # a baseline
+    python eval_labelprop.py --task=davis --data=/path/to/DAVIS --ckpt=ckpt.pt --long_horizon
+    python eval_labelprop.py --task=jhmdb --data=/path/to/JHMDB --ckpt=ckpt.pt
+    python eval_labelprop.py --task=vip --data=/path/to/VIP_Fine --ckpt=ckpt.pt
 
-Data layouts (each reader checks the whole layout before any model work is done):
+Each run writes CSVs (and with --save_masks the predicted masks) into --out_dir, by default
+out/labelprop/<task>-<model>-<features>. Data layouts, each checked whole before any model work:
     DAVIS  JPEGImages/480p/<seq>/*.jpg, Annotations/480p/<seq>/*.png (palette), ImageSets/2017/val.txt
     VIP    Images/<video>/*.jpg, Annotations/Category_ids/<video>/*.png, lists/val_videos.txt
     JHMDB  Rename_Images/<class>/<video>/*.png, joint_positions/<class>/<video>/joint_positions.mat,
@@ -66,145 +58,101 @@ import argparse
 import csv
 import math
 import os
+import sys
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from matplotlib.figure import Figure  # no pyplot: plots go straight to files, no display needed
 from PIL import Image
 from tqdm import tqdm
 
-# Per-task settings from supplement Table 8. The rest (n_context 20, temperature 0.7, radius 20) is
-# shared by all tasks.
-TASKS = {
-    "davis": dict(resolution=(480, 880), topk=7),
-    "jhmdb": dict(resolution=(320, 320), topk=7),
-    "vip": dict(resolution=(448, 880), topk=10),
-}
+from data import image_names, read_frames
+from model import RVM, config_from_file, load_model
+
+# Supplement Table 8, per task; n_context 20, temperature 0.7 and radius 20 are shared by all.
+TASKS = {"davis": dict(resolution=(480, 880), topk=7), "jhmdb": dict(resolution=(320, 320), topk=7),
+         "vip": dict(resolution=(448, 880), topk=10)}
 VIP_CLASSES = ["background", "hat", "hair", "sun-glasses", "upper-clothes", "dress", "coat", "socks",
                "pants", "gloves", "scarf", "skirt", "torso-skin", "face", "right-arm", "left-arm",
                "right-leg", "left-leg", "right-shoe", "left-shoe"]
 JHMDB_JOINTS = 15
-# Model sizes for `--init random` (Table 5). `tiny` is for smoke tests.
-SIZES = {
-    "tiny": dict(width=32, enc_layers=1, enc_heads=2, core_layers=1, core_heads=2,
-                 dec_width=32, dec_layers=1, dec_heads=2),
-    "s": dict(width=384, enc_heads=6, enc_layers=12, core_layers=4, core_heads=8),
-    "b": dict(width=768, enc_heads=12, enc_layers=12, core_layers=4, core_heads=12),
-    "l": dict(width=1024, enc_heads=16, enc_layers=24, core_layers=4, core_heads=16),
-    "h": dict(width=1280, enc_heads=16, enc_layers=32, core_layers=4, core_heads=16),
-}
 
 
 # ----------------------------------------------------------------------------------------------
 # Reading the datasets. Each reader checks the whole layout first: a missing folder, a count
-# mismatch or a wrong mask format is an error that names the path, raised before any model work.
+# mismatch or a wrong mask format is an error naming the path, raised before any model work.
 
 
-def _require_dir(path, what):
-    if not os.path.isdir(path):
+def _require(path, what, kind="dir"):
+    if not (os.path.isdir(path) if kind == "dir" else os.path.isfile(path)):
         raise FileNotFoundError(f"{what} not found: {path}")
 
 
-def _require_file(path, what):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
-
-
-def _files(folder, ext):
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(ext))
-
-
-def _stem(path):
-    return os.path.splitext(os.path.basename(path))[0]
-
-
-def _read_list(path, what):
-    _require_file(path, what)
+def _read_list(path, what, sequences):
+    """The video names listed in `path`, cut to `sequences` (in the list's order) when given."""
+    _require(path, what, "file")
     with open(path) as f:
         names = [line.strip() for line in f if line.strip()]
     if not names:
         raise ValueError(f"{what} lists no videos: {path}")
-    return names
-
-
-def _select(names, sequences, list_path):
-    """Keep the videos named by `--sequences` (in the list's order); unknown names are an error."""
-    if not sequences:
-        return names
-    unknown = [s for s in sequences if s not in names]
+    unknown = [s for s in sequences or [] if s not in names]
     if unknown:
-        raise ValueError(f"sequences {unknown} are not listed in {list_path}")
-    return [n for n in names if n in sequences]
+        raise ValueError(f"sequences {unknown} are not listed in {path}")
+    return [n for n in names if n in sequences] if sequences else names
 
 
-def _check_frames_and_masks(frame_dir, mask_dir, modes):
-    """Frames (*.jpg) and masks (*.png) of one video: same count, same names, same sizes, and
-    masks stored in one of `modes` (DAVIS: palette 'P')."""
-    frames, masks = _files(frame_dir, ".jpg"), _files(mask_dir, ".png")
+def _frames_and_masks(name, frame_dir, mask_dir, modes, list_path):
+    """One video's frames and masks: same count, same names, same sizes, masks in one of `modes`."""
+    _require(frame_dir, f"frames of {name!r} (listed in {list_path})")
+    _require(mask_dir, f"labels of {name!r} (listed in {list_path})")
+    frames, masks = image_names(frame_dir), image_names(mask_dir)
     if not frames:
-        raise ValueError(f"no .jpg frames in {frame_dir}")
+        raise ValueError(f"no frames in {frame_dir}")
     if len(frames) != len(masks):
         raise ValueError(f"{len(frames)} frames in {frame_dir} but {len(masks)} masks in {mask_dir}: "
                          "scoring needs a ground-truth mask for every frame")
     for frame, mask in zip(frames, masks, strict=True):
-        if _stem(frame) != _stem(mask):
-            raise ValueError(f"frame {frame} has no mask of the same name in {mask_dir} (found {mask})")
-        with Image.open(mask) as m, Image.open(frame) as im:  # lazy: reads headers only
-            if m.mode not in modes:
-                raise ValueError(f"mask {mask} is a mode-{m.mode!r} image; expected {' or '.join(modes)}"
-                                 + (" (a palette PNG of object indices)" if modes == ("P",) else ""))
+        if os.path.splitext(frame)[0] != os.path.splitext(mask)[0]:
+            raise ValueError(f"frame {os.path.join(frame_dir, frame)} has no mask of its name in {mask_dir}")
+        with Image.open(os.path.join(mask_dir, mask)) as m, Image.open(os.path.join(frame_dir, frame)) as im:
+            if m.mode not in modes:  # lazy: headers only
+                raise ValueError(f"mask {os.path.join(mask_dir, mask)} is a mode-{m.mode!r} image; expected "
+                                 + (" or ".join(modes) if modes != ("P",) else "a palette PNG of object indices"))
             if m.size != im.size:
-                raise ValueError(f"mask {mask} is {m.size[0]}x{m.size[1]} but frame {frame} is "
-                                 f"{im.size[0]}x{im.size[1]}")
-    return frames, masks
+                raise ValueError(f"mask {os.path.join(mask_dir, mask)} is {m.size[0]}x{m.size[1]} but frame "
+                                 f"{os.path.join(frame_dir, frame)} is {im.size[0]}x{im.size[1]}")
+    return dict(name=name, frame_dir=frame_dir, n=len(frames), masks=[os.path.join(mask_dir, m) for m in masks])
 
 
 def read_davis(root, sequences=None):
-    """DAVIS-2017 val: [{'name', 'frames': [jpg paths], 'masks': [png paths]}] for each sequence."""
-    _require_dir(root, "DAVIS folder")
+    """DAVIS-2017 val: per sequence {'name', 'frame_dir', 'n' (frames), 'masks' (png paths)}."""
+    _require(root, "DAVIS folder")
     list_path = os.path.join(root, "ImageSets", "2017", "val.txt")
-    names = _select(_read_list(list_path, "DAVIS sequence list"), sequences, list_path)
-    videos = []
-    for name in names:
-        frame_dir = os.path.join(root, "JPEGImages", "480p", name)
-        mask_dir = os.path.join(root, "Annotations", "480p", name)
-        _require_dir(frame_dir, f"frames of sequence {name!r} (listed in {list_path})")
-        _require_dir(mask_dir, f"annotations of sequence {name!r} (listed in {list_path})")
-        frames, masks = _check_frames_and_masks(frame_dir, mask_dir, modes=("P",))
-        first = read_mask(masks[0])
+    videos = [_frames_and_masks(n, os.path.join(root, "JPEGImages", "480p", n), os.path.join(root, "Annotations",
+              "480p", n), ("P",), list_path) for n in _read_list(list_path, "DAVIS sequence list", sequences)]
+    for v in videos:
+        first = read_mask(v["masks"][0])
         if not ((first > 0) & (first < 255)).any():
-            raise ValueError(f"first-frame annotation {masks[0]} has no object to propagate")
-        videos.append(dict(name=name, frames=frames, masks=masks))
+            raise ValueError(f"first-frame annotation {v['masks'][0]} has no object to propagate")
     return videos
 
 
 def read_vip(root, sequences=None):
-    """VIP (the official VIP_Fine layout, as the authors' notebook reads it): per video its frames
-    and its part-label maps (category ids 0..19 in single-channel PNGs)."""
-    _require_dir(root, "VIP folder")
+    """VIP (the VIP_Fine layout, as the notebook reads it): frames and part-label maps (class ids 0..19)."""
+    _require(root, "VIP folder")
     list_path = os.path.join(root, "lists", "val_videos.txt")
-    names = _select(_read_list(list_path, "VIP video list"), sequences, list_path)
-    videos = []
-    for name in names:
-        frame_dir = os.path.join(root, "Images", name)
-        mask_dir = os.path.join(root, "Annotations", "Category_ids", name)
-        _require_dir(frame_dir, f"frames of video {name!r} (listed in {list_path})")
-        _require_dir(mask_dir, f"part labels of video {name!r} (listed in {list_path})")
-        frames, masks = _check_frames_and_masks(frame_dir, mask_dir, modes=("L", "P"))
-        if not (read_mask(masks[0]) < len(VIP_CLASSES)).any():
-            raise ValueError(f"first-frame labels {masks[0]} have no class id below {len(VIP_CLASSES)}")
-        videos.append(dict(name=name, frames=frames, masks=masks))
-    return videos
+    return [_frames_and_masks(n, os.path.join(root, "Images", n), os.path.join(root, "Annotations", "Category_ids",
+            n), ("L", "P"), list_path) for n in _read_list(list_path, "VIP video list", sequences)]
 
 
 def read_jhmdb_joints(path):
-    """joint_positions.mat -> [T, 15, 2] (x, y), 0-based pixels. The file holds `pos_img` as
+    """joint_positions.mat -> [T, 15, 2] (x, y) in 0-based pixels; the file holds `pos_img` as
     [2, 15, T] in MATLAB's 1-based pixels."""
     try:
-        import scipy.io  # optional dependency, only needed for JHMDB
+        import scipy.io  # only JHMDB needs it
     except ImportError:
         raise ImportError("reading JHMDB's joint_positions.mat needs scipy: pip install scipy") from None
     try:
@@ -217,50 +165,39 @@ def read_jhmdb_joints(path):
 
 
 def read_jhmdb(root, sequences=None):
-    """JHMDB split-1 test videos: per video its frames and its ground-truth joints [T, 15, 2]."""
-    _require_dir(root, "JHMDB folder")
+    """JHMDB split-1 test videos: per video {'name', 'frame_dir', 'n', 'joints' [T, 15, 2]}."""
+    _require(root, "JHMDB folder")
     split_dir = os.path.join(root, "splits")
-    _require_dir(split_dir, "JHMDB split lists")
-    split_files = sorted(f for f in os.listdir(split_dir) if f.endswith("_test_split1.txt"))
-    if not split_files:
-        raise FileNotFoundError(f"no <class>_test_split1.txt files in {split_dir}")
+    _require(split_dir, "JHMDB split lists")
     names = []
-    for split in split_files:
-        action = split[: -len("_test_split1.txt")]
-        with open(os.path.join(split_dir, split)) as f:
-            for line in f:
-                if line.strip():
-                    video, kind = line.split()
-                    if kind == "2":  # 1 = train, 2 = test
-                        names.append(f"{action}/{os.path.splitext(video)[0]}")
-    names = _select(names, sequences, split_dir)
+    for split in sorted(f for f in os.listdir(split_dir) if f.endswith("_test_split1.txt")):
+        with open(os.path.join(split_dir, split)) as f:  # <video>.avi 1 (train) or 2 (test)
+            names += [f"{split[:-len('_test_split1.txt')]}/{os.path.splitext(line.split()[0])[0]}" for line in f
+                      if line.strip() and line.split()[1] == "2"]
+    if not names:
+        raise FileNotFoundError(f"no test videos in the <class>_test_split1.txt files of {split_dir}")
+    unknown = [s for s in sequences or [] if s not in names]
+    if unknown:
+        raise ValueError(f"videos {unknown} are not test videos in {split_dir}")
     videos = []
-    for name in names:
+    for name in [n for n in names if not sequences or n in sequences]:
         frame_dir = os.path.join(root, "Rename_Images", name)
         joints_path = os.path.join(root, "joint_positions", name, "joint_positions.mat")
-        _require_dir(frame_dir, f"frames of video {name!r} (listed in {split_dir})")
-        _require_file(joints_path, f"joints of video {name!r}")
-        frames = _files(frame_dir, ".png")
-        if not frames:
-            raise ValueError(f"no .png frames in {frame_dir}")
-        joints = read_jhmdb_joints(joints_path)
-        if len(joints) != len(frames):
-            raise ValueError(f"{len(frames)} frames in {frame_dir} but {len(joints)} in {joints_path}")
-        videos.append(dict(name=name, frames=frames, joints=joints))
+        _require(frame_dir, f"frames of video {name!r} (listed in {split_dir})")
+        _require(joints_path, f"joints of video {name!r}", "file")
+        n, joints = len(image_names(frame_dir)), read_jhmdb_joints(joints_path)
+        if n == 0 or len(joints) != n:
+            raise ValueError(f"{n} frames in {frame_dir} but {len(joints)} in {joints_path}")
+        videos.append(dict(name=name, frame_dir=frame_dir, n=n, joints=joints))
     return videos
 
 
-def read_frames(paths, size):
-    """Frames as uint8 [T, H, W, 3], resized to size = (H, W) with Lanczos. This is what the
-    authors' notebook does through mediapy.resize_video."""
-    out = []
-    for path in paths:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS)
-            out.append(np.asarray(im))
-    return np.stack(out)
+def read_video(video, size):
+    """A video's frames as uint8 [T, H, W, 3] at size = (H, W), Lanczos (the notebook's mediapy.resize_video)."""
+    frames = read_frames(video["frame_dir"], range(video["n"]))
+    if frames.shape[1:3] == tuple(size):
+        return frames
+    return np.stack([np.asarray(Image.fromarray(f).resize(size[::-1], Image.Resampling.LANCZOS)) for f in frames])
 
 
 def read_mask(path):
@@ -269,30 +206,16 @@ def read_mask(path):
         return np.array(im)
 
 
-# ----------------------------------------------------------------------------------------------
-# Features: one streaming pass over the whole video.
-
-
-def model_features(model, features="core", device="cpu"):
-    """A function that maps uint8 frames [T, H, W, 3] to L2-normalised patch features [T, h, w, C]
-    (on the CPU). 'core' is the recurrent core's output o_t, the state carried from frame to frame.
-    'encoder' is the per-frame encoder output (no recurrence: the image-model baseline). Only one
-    frame is on the device at a time, so memory does not grow with the length of the video."""
-    if features not in ("core", "encoder"):
-        raise ValueError(f"features must be 'core' or 'encoder', got {features!r}")
-    P = model.config.patch_size
-
-    @torch.no_grad()
+def model_features(model, kind="core", device="cpu"):
+    """frames uint8 [T, H, W, 3] -> L2-normalised patch features [T, h, w, C] on the CPU, the model
+    streamed over the video one frame at a time ('core': o_t; 'encoder': no recurrence)."""
     def extract(frames, progress=None):
-        T, H, W, _ = frames.shape
-        tensors = (torch.from_numpy(frame).to(device).permute(2, 0, 1)[None].float() / 255 for frame in frames)
-        out = []
-        for o in model.stream(tensors, kind=features):
-            out.append(F.normalize(o[0, 1:].float(), dim=-1).cpu())  # drop CLS (token 0)
-            if progress is not None:
-                progress.update()
-        return rearrange(torch.stack(out), "t (h w) c -> t h w c", h=H // P, w=W // P)
-
+        def stream():
+            for f in frames:
+                yield torch.from_numpy(f).to(device).permute(2, 0, 1).float() / 255
+                if progress is not None:
+                    progress.update()
+        return F.normalize(model.patch_features(stream(), kind), dim=-1).cpu()
     return extract
 
 
@@ -301,10 +224,9 @@ def model_features(model, features="core", device="cpu"):
 
 
 def mask_to_labels(mask, size, grid, values=None):
-    """Label map [H0, W0] -> soft labels [h, w, K] (float32) and the K label values they stand for.
-    Nearest-resize the map to the task resolution `size`, one-hot it, and resize bilinearly to the
-    feature grid. (The notebook does this with cv2: INTER_NEAREST is torch's 'nearest' and
-    INTER_LINEAR is torch's 'bilinear' without antialiasing.)"""
+    """Label map [H0, W0] -> soft labels [h, w, K] and the K label values they stand for: nearest
+    resize to the task resolution, one-hot, bilinear to the feature grid (the notebook's cv2
+    INTER_NEAREST and INTER_LINEAR are torch's 'nearest' and 'bilinear' without antialiasing)."""
     values = np.unique(mask) if values is None else np.asarray(values)
     m = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=size, mode="nearest")[0, 0]
     onehot = (m[None] == torch.from_numpy(values.astype(np.float32))[:, None, None]).float()
@@ -351,23 +273,12 @@ def pose_to_labels(joints, grid, native_size, sigma=0.5):
 
 def label_propagation(feats, labels, n_context=20, temperature=0.7, topk=7, radius=20,
                       chunk_size=None, device=None, progress=None):
-    """Propagate first-frame soft labels through a video by feature similarity.
-
-    feats [T, h, w, C]: L2-normalised features (any device; frames are moved to `device` one at a
-    time). labels [h, w, K]: frame 0's soft labels. Returns soft predictions [T, h, w, K] on the CPU.
-    Frame 0's prediction is its labels.
-
-    Context of frame t: frame 0, searched everywhere, plus a queue of the `n_context` most recent
-    (features, prediction) pairs, searched only within `radius` grid cells (Euclidean, strict <) of
-    the query cell. The queue starts as n_context copies of frame 0. The top-k affinities
-    (dot product / temperature) over all context cells together are softmaxed, and they weight a
-    sum of those cells' soft labels. The query cells are processed in chunks so that the affinity
-    matrix stays small: a 30x55 grid against 21 frames would be 1650 x 34650 floats at once.
-
-    One difference from the authors' notebook: its loop also runs the update at t = 0. That
-    replaces one of the n_context copies of frame 0 by frame 0's self-propagated (smoothed)
-    labels, and outputs those for frame 0. Here frame 0 keeps its given labels throughout.
-    """
+    """Step 3 of the protocol above: L2-normalised features [T, h, w, C] (moved to `device` a frame
+    at a time) and frame 0's soft labels [h, w, K] -> soft predictions [T, h, w, K] on the CPU.
+    Query cells go in chunks, so that the affinities stay small (a 30x55 grid against 21 frames
+    would be 1650 x 34650 floats at once). One difference from the authors' notebook: its loop
+    also updates at t = 0, replacing one queued copy of frame 0 by frame 0's self-propagated
+    (smoothed) labels, and outputs those for frame 0; here frame 0 keeps its given labels."""
     T, h, w, C = feats.shape
     N, K = h * w, labels.shape[-1]
     if labels.shape[:2] != (h, w):
@@ -408,9 +319,8 @@ def label_propagation(feats, labels, n_context=20, temperature=0.7, topk=7, radi
 
 
 def labels_to_mask(soft, values, size, native_size):
-    """Soft labels [h, w, K] -> label map [H0, W0] (uint8). Bilinear upsampling to the task
-    resolution, argmax, back to label values, then nearest-exact to the native size (the notebook's
-    cv2 INTER_LINEAR then INTER_NEAREST_EXACT)."""
+    """Soft labels [h, w, K] -> label map uint8 [H0, W0]: bilinear to the task resolution, argmax,
+    label values, nearest-exact to the native size (the notebook's cv2 INTER_LINEAR, INTER_NEAREST_EXACT)."""
     x = F.interpolate(soft.permute(2, 0, 1)[None].float(), size=size, mode="bilinear", align_corners=False)
     label = torch.from_numpy(np.asarray(values, np.float32))[x[0].argmax(0)]
     label = F.interpolate(label[None, None], size=native_size, mode="nearest-exact")[0, 0]
@@ -418,9 +328,9 @@ def labels_to_mask(soft, values, size, native_size):
 
 
 def labels_to_pose(soft, native_size, topk=5):
-    """Soft labels [T, h, w, 1 + J] -> joints [T, J, 2] (x, y) in native pixels, visible [T, J].
-    Each joint is the weighted mean of the top-5 cells of its map, in cell units scaled by native
-    size / grid size as in the reference. A joint whose map is all zero is invisible."""
+    """Soft labels [T, h, w, 1 + J] -> joints [T, J, 2] (x, y) in native pixels and visible [T, J]:
+    the weighted mean of the top-5 cells of each map, scaled by native size / grid size as in the
+    reference. A joint whose map is all zero is invisible."""
     T, h, w, _ = soft.shape
     H0, W0 = native_size
     flat = soft[..., 1:].reshape(T, h * w, -1)  # drop the background channel
@@ -442,8 +352,7 @@ def labels_to_pose(soft, native_size, topk=5):
 
 
 def davis_j(gt, pred):
-    """Region similarity J (Jaccard index) per frame: masks [T, H, W] (or [H, W]) -> [T] (or a
-    float). Two empty masks score 1, as in the toolkit."""
+    """Region similarity J (IoU) per frame, masks [T, H, W] -> [T] ([H, W] -> a float); empty and empty score 1."""
     gt, pred = np.asarray(gt, bool), np.asarray(pred, bool)
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
@@ -505,8 +414,8 @@ def _f_frame(gt, pred, bound_th):
 
 
 def davis_f(gt, pred, bound_th=0.008):
-    """Contour accuracy F (boundary F-measure) per frame: masks [T, H, W] (or [H, W]) -> [T] (or a
-    float). A boundary pixel matches if the other mask's boundary lies within the disk tolerance."""
+    """Contour accuracy F (boundary F-measure) per frame, masks [T, H, W] -> [T] ([H, W] -> a float):
+    a boundary pixel matches if the other mask's boundary lies within the disk tolerance."""
     gt, pred = np.asarray(gt, bool), np.asarray(pred, bool)
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
@@ -516,17 +425,16 @@ def davis_f(gt, pred, bound_th=0.008):
 
 
 def confusion(gt, pred, n_classes=20):
-    """Confusion matrix [n, n] (rows: ground truth, columns: prediction). Ground-truth pixels
-    outside 0..n-1 (e.g. 255, unlabelled) are ignored, and so are predictions outside that range."""
+    """Confusion matrix [n, n] (rows: ground truth, columns: prediction); labels outside 0..n-1 (255:
+    unlabelled) are ignored."""
     gt, pred = np.asarray(gt).ravel().astype(np.int64), np.asarray(pred).ravel().astype(np.int64)
     keep = (gt >= 0) & (gt < n_classes) & (pred >= 0) & (pred < n_classes)
     return np.bincount(n_classes * gt[keep] + pred[keep], minlength=n_classes ** 2).reshape(n_classes, n_classes)
 
 
 def miou(hist):
-    """Mean IoU over the classes of a confusion matrix: IoU = TP / (GT + predicted - TP). A class
-    absent from both ground truth and prediction (0 / 0) is left out of the mean. Returns
-    (mIoU, per-class IoU)."""
+    """(mIoU, per-class IoU) of a confusion matrix, IoU = TP / (GT + predicted - TP); a class absent
+    from both (0 / 0) is left out of the mean."""
     hist = np.asarray(hist, np.float64)
     tp = np.diag(hist)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -535,13 +443,11 @@ def miou(hist):
 
 
 def pck(gt, pred, visible=None, threshold=0.1):
-    """PCK as UVC's eval_pck.py and the authors' notebook compute it. Inputs are lists over videos
-    (or one video) of joints [T, J, 2], plus visible [T, J] (default: all; the reference passes the
-    visibility of the *predicted* joints, i.e. whose propagated map is not all zero). Frame 0 is given, so
-    only frames t >= 1 count. The normaliser of frame t is 0.6 x the diagonal of the bounding box of
-    the ground-truth joints that are visible. A joint is correct if its distance to the ground truth,
-    divided by that normaliser, is <= threshold. Returns (mean over joints, per-joint PCK); each
-    joint's PCK pools its frames of all videos."""
+    """PCK as UVC's eval_pck.py and the authors' notebook compute it: lists over videos (or one video)
+    of joints [T, J, 2] and visible [T, J] (default all; the reference passes the *predicted* joints'
+    visibility). Frames t >= 1 count; a joint is correct within threshold x 0.6 x the diagonal of the
+    visible ground-truth joints' bounding box. Returns (mean over joints, per-joint PCK, each pooling
+    its frames of all videos)."""
     if isinstance(gt, np.ndarray) and gt.ndim == 3:
         gt, pred = [gt], [pred]
         visible = None if visible is None else [visible]
@@ -567,113 +473,96 @@ def pck(gt, pred, visible=None, threshold=0.1):
 
 
 def _grid(size, patch):
-    H, W = size
-    if H % patch or W % patch:
-        raise ValueError(f"--resolution {H} {W} is not a multiple of the patch size {patch}")
-    return H // patch, W // patch
+    if size[0] % patch or size[1] % patch:
+        raise ValueError(f"--resolution {size[0]} {size[1]} is not a multiple of the patch size {patch}")
+    return size[0] // patch, size[1] // patch
 
 
-def propagate_masks(name, frames, gt, extract, resolution, grid, prop, values=None):
-    """One video, DAVIS or VIP: features of every frame, frame 0's labels (gt[0]) propagated through
-    them, and each frame's prediction read out as a label map at the native size of gt."""
-    bar = tqdm(total=2 * len(frames) - 1, desc=name, leave=False)
-    feats = extract(frames, progress=bar)
-    labels, values = mask_to_labels(gt[0], resolution, grid, values=values)
-    soft = label_propagation(feats, labels, progress=bar, **prop)
-    bar.close()
-    return np.stack([labels_to_mask(s, values, resolution, gt.shape[1:]) for s in soft])
+def propagate(name, frames, labels, extract, prop):
+    """One video: the features of every frame, then frame 0's soft labels propagated through them."""
+    with tqdm(total=2 * len(frames) - 1, desc=name, leave=False) as bar:
+        return label_propagation(extract(frames, progress=bar), labels, progress=bar, **(prop or {}))
 
 
-def evaluate_davis(videos, extract, resolution, patch_size=16, prop=None, out_dir=None,
-                   save_masks=False, horizons=None):
-    """Propagate each sequence's first-frame masks and score them with J and F. Returns one row per
-    object, with its per-frame J and F over frames 1..T-1 ('j', 'f'; the last frame is dropped when
-    the means are taken). With `horizons`, only the first max(horizons) frames are used."""
-    prop = prop or {}
-    grid = _grid(resolution, patch_size)
-    rows = []
+def _save_masks(folder, names, preds, palette=None):
+    os.makedirs(folder, exist_ok=True)
+    for name, p in zip(names, preds, strict=True):
+        im = Image.fromarray(p)
+        if palette:
+            im.putpalette(palette)  # an 'L' image with a palette becomes a 'P' image, as DAVIS stores them
+        im.save(os.path.join(folder, os.path.basename(name)))
+
+
+def evaluate_davis(videos, extract, resolution, patch_size=16, prop=None, out_dir=None, save_masks=False,
+                   horizons=None):
+    """Propagate each sequence's first-frame masks and score them: a row per object with its J and F
+    of frames 1..T-1 ('j', 'f'; the last frame is dropped when means are taken). With `horizons`,
+    only the first max(horizons) frames are used."""
+    grid, rows = _grid(resolution, patch_size), []
     for video in videos:
-        n = max(horizons) if horizons else len(video["frames"])
-        frames = read_frames(video["frames"][:n], resolution)
-        gt = np.stack([read_mask(m) for m in video["masks"][:n]])
+        if horizons:
+            video = dict(video, n=max(horizons), masks=video["masks"][:max(horizons)])
+        frames = read_video(video, resolution)
+        gt = np.stack([read_mask(m) for m in video["masks"]])
         gt[gt == 255] = 0  # the toolkit reads void as background
-        T = len(frames)
-        pred = propagate_masks(video["name"], frames, gt, extract, resolution, grid, prop)
+        labels, values = mask_to_labels(gt[0], resolution, grid)
+        soft = propagate(video["name"], frames, labels, extract, prop)
+        pred = np.stack([labels_to_mask(s, values, resolution, gt.shape[1:]) for s in soft])
         if save_masks and out_dir:
-            folder = os.path.join(out_dir, "masks", video["name"])
-            os.makedirs(folder, exist_ok=True)
             with Image.open(video["masks"][0]) as im:
-                palette = im.getpalette()
-            for mask_path, p in zip(video["masks"], pred, strict=True):
-                im = Image.fromarray(p)
-                im.putpalette(palette)  # an 'L' image with a palette becomes a 'P' image
-                im.save(os.path.join(folder, os.path.basename(mask_path)))
-        # Objects as the toolkit counts them: 1 .. the largest index in the first frame's mask.
-        for obj in range(1, int(gt[0].max()) + 1):
+                _save_masks(os.path.join(out_dir, "masks", video["name"]), video["masks"], pred, im.getpalette())
+        for obj in range(1, int(gt[0].max()) + 1):  # objects as the toolkit counts them: 1 .. the largest index
             g, p = gt[1:] == obj, pred[1:] == obj
-            rows.append(dict(sequence=video["name"], object=obj, n_frames=T, j=davis_j(g, p), f=davis_f(g, p)))
-            tqdm.write(f"{video['name']}_{obj}: J {rows[-1]['j'][:-1].mean():.3f}  "
-                       f"F {rows[-1]['f'][:-1].mean():.3f}  ({T} frames)")
+            rows.append(dict(sequence=video["name"], object=obj, n_frames=len(gt), j=davis_j(g, p), f=davis_f(g, p)))
+            tqdm.write(f"{video['name']}_{obj}: J {rows[-1]['j'][:-1].mean():.3f}  F {rows[-1]['f'][:-1].mean():.3f}"
+                       f"  ({len(gt)} frames)")
     return rows
 
 
 def davis_summary(rows, n_frames=None):
-    """Global J-Mean, F-Mean, J&F-Mean over all objects. Each object is scored on frames 1..T-2 of
-    its video, or, with n_frames, of the video's first n_frames frames (the long-horizon mode)."""
-    J = [np.mean(r["j"][: (n_frames or r["n_frames"]) - 2]) for r in rows]
-    Fm = [np.mean(r["f"][: (n_frames or r["n_frames"]) - 2]) for r in rows]
-    j, f = float(np.mean(J)), float(np.mean(Fm))
+    """J-Mean, F-Mean and J&F-Mean over all objects, each scored on frames 1..T-2 of its video (or of
+    the video's first n_frames frames: the long-horizon mode)."""
+    j = float(np.mean([np.mean(r["j"][:(n_frames or r["n_frames"]) - 2]) for r in rows]))
+    f = float(np.mean([np.mean(r["f"][:(n_frames or r["n_frames"]) - 2]) for r in rows]))
     return dict(jf=(j + f) / 2, j=j, f=f)
 
 
 def evaluate_vip(videos, extract, resolution, patch_size=16, prop=None, out_dir=None, save_masks=False,
                  n_classes=20):
-    """Propagate each video's first-frame part labels. Returns the confusion matrix summed over all
-    frames of all videos, and a row per video with its own mIoU."""
-    prop = prop or {}
-    grid = _grid(resolution, patch_size)
-    hist, rows = np.zeros((n_classes, n_classes), np.int64), []
+    """Propagate each video's first-frame part labels: the confusion matrix summed over all frames of
+    all videos, and a row per video with its own mIoU."""
+    grid, hist, rows = _grid(resolution, patch_size), np.zeros((n_classes, n_classes), np.int64), []
     for video in videos:
-        frames = read_frames(video["frames"], resolution)
+        frames = read_video(video, resolution)
         gt = np.stack([read_mask(m) for m in video["masks"]])
-        T = len(frames)
-        # Propagate only real classes. 255 (unlabelled) gets no channel.
-        values = np.array([v for v in np.unique(gt[0]) if v < n_classes])
-        pred = propagate_masks(video["name"], frames, gt, extract, resolution, grid, prop, values=values)
+        values = np.array([v for v in np.unique(gt[0]) if v < n_classes])  # 255 (unlabelled) gets no channel
+        labels, values = mask_to_labels(gt[0], resolution, grid, values=values)
+        soft = propagate(video["name"], frames, labels, extract, prop)
+        pred = np.stack([labels_to_mask(s, values, resolution, gt.shape[1:]) for s in soft])
         if save_masks and out_dir:
-            folder = os.path.join(out_dir, "masks", video["name"])
-            os.makedirs(folder, exist_ok=True)
-            for mask_path, p in zip(video["masks"], pred, strict=True):
-                Image.fromarray(p).save(os.path.join(folder, os.path.basename(mask_path)))
+            _save_masks(os.path.join(out_dir, "masks", video["name"]), video["masks"], pred)
         h = sum(confusion(g, p, n_classes) for g, p in zip(gt, pred, strict=True))  # all frames, as the notebook
         hist += h
-        rows.append(dict(video=video["name"], n_frames=T, miou=miou(h)[0]))
-        tqdm.write(f"{video['name']}: mIoU {rows[-1]['miou']:.3f}  ({T} frames)")
+        rows.append(dict(video=video["name"], n_frames=len(gt), miou=miou(h)[0]))
+        tqdm.write(f"{video['name']}: mIoU {rows[-1]['miou']:.3f}  ({len(gt)} frames)")
     return hist, rows
 
 
 def evaluate_jhmdb(videos, extract, resolution, patch_size=16, prop=None):
-    """Propagate each video's first-frame joints. Returns the ground-truth joints, the predicted
-    joints and their visibility (lists over videos, [T, 15, 2] / [T, 15]), and a row per video."""
-    prop = prop or {}
-    grid = _grid(resolution, patch_size)
-    gts, preds, visibles, rows = [], [], [], []
+    """Propagate each video's first-frame joints: the ground-truth and predicted joints and their
+    visibility (lists over videos of [T, 15, 2] / [T, 15]), and a row per video."""
+    grid, gts, preds, visibles, rows = _grid(resolution, patch_size), [], [], [], []
     for video in videos:
-        frames = read_frames(video["frames"], resolution)
-        with Image.open(video["frames"][0]) as im:
+        frames = read_video(video, resolution)
+        with Image.open(os.path.join(video["frame_dir"], image_names(video["frame_dir"])[0])) as im:
             native = (im.size[1], im.size[0])
-        T = len(frames)
-        bar = tqdm(total=2 * T - 1, desc=video["name"], leave=False)
-        feats = extract(frames, progress=bar)
-        labels = pose_to_labels(video["joints"][0], grid, native)
-        soft = label_propagation(feats, labels, progress=bar, **prop)
-        bar.close()
+        soft = propagate(video["name"], frames, pose_to_labels(video["joints"][0], grid, native), extract, prop)
         joints, visible = labels_to_pose(soft, native)
         gts.append(video["joints"])
         preds.append(joints)
         visibles.append(visible)
-        rows.append(dict(video=video["name"], n_frames=T, pck=pck(video["joints"], joints, visible)[0]))
-        tqdm.write(f"{video['name']}: PCK@0.1 {rows[-1]['pck']:.3f}  ({T} frames)")
+        rows.append(dict(video=video["name"], n_frames=len(frames), pck=pck(gts[-1], joints, visible)[0]))
+        tqdm.write(f"{video['name']}: PCK@0.1 {rows[-1]['pck']:.3f}  ({len(frames)} frames)")
     return gts, preds, visibles, rows
 
 
@@ -685,141 +574,147 @@ def _write_csv(path, header, rows):
 
 
 def plot_long_horizon(horizons, scores, path, label="RVM"):
-    """Paper Fig. 4: J&F on the first N frames, relative to N = 16 frames."""
+    """Paper Fig. 4: J&F on the first N frames, relative to the first horizon."""
     fig = Figure(figsize=(4.5, 3.5))
     ax = fig.subplots()
     ax.plot(horizons, scores, "o-", label=label)
-    ax.set_xlabel("number of frames")
-    ax.set_ylabel(f"J&F relative to {horizons[0]} frames")
-    ax.set_xticks(horizons)
+    ax.set(xlabel="number of frames", ylabel=f"J&F relative to {horizons[0]} frames", xticks=horizons)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=150)
 
 
+def report_davis(rows, horizons, out_dir, label):
+    """DAVIS's CSVs (and Fig. 4's table and plot with horizons); returns the result line."""
+    n_videos = len({r["sequence"] for r in rows})
+    if horizons:
+        table = [(n, davis_summary(rows, n)) for n in horizons]
+        base = table[0][1]["jf"]
+        _write_csv(os.path.join(out_dir, "long_horizon.csv"), ["frames", "J&F-Mean", "J-Mean", "F-Mean",
+                   f"J&F relative to {horizons[0]}"], [[n, f"{s['jf']:.4f}", f"{s['j']:.4f}", f"{s['f']:.4f}",
+                                                         f"{s['jf'] / base:.4f}"] for n, s in table])
+        plot_long_horizon(horizons, [s["jf"] / base for _, s in table], os.path.join(out_dir, "long_horizon.png"),
+                          label)
+        print(f"long horizon, {n_videos} videos of >= {horizons[-1]} frames:")
+        for n, s in table:
+            print(f"  {n:3d} frames  J&F-Mean {s['jf']:.3f}  relative {s['jf'] / base:.3f}")
+    s = davis_summary(rows, horizons[-1] if horizons else None)
+    means = [(np.mean(r["j"][:-1]), np.mean(r["f"][:-1])) for r in rows]
+    _write_csv(os.path.join(out_dir, "davis_per_sequence.csv"), ["sequence", "object", "frames", "J-Mean", "F-Mean",
+               "J&F-Mean"], [[r["sequence"], r["object"], r["n_frames"], f"{j:.4f}", f"{f:.4f}", f"{(j + f) / 2:.4f}"]
+                             for r, (j, f) in zip(rows, means, strict=True)])
+    return (f"J&F-Mean {s['jf']:.3f}  J-Mean {s['j']:.3f}  F-Mean {s['f']:.3f}  "
+            f"({len(rows)} objects in {n_videos} sequences)")
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line.
 
 
-def get_args_parser():
-    p = argparse.ArgumentParser("Label propagation (DAVIS-2017 / JHMDB / VIP)", add_help=True)
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Label propagation on DAVIS-2017, JHMDB or VIP (supplement §11.2). "
+                                "Settings are written --name=value.")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
-    p.add_argument("--data", required=True, help="dataset root (layouts in the module docstring)")
+    p.add_argument("--data", required=True, help="the dataset's folder (layouts: the docstring of this file)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="a train.py checkpoint (.pt) or the authors' .npz")
-    src.add_argument("--init", choices=["random"], help="a randomly initialised model (a baseline)")
-    p.add_argument("--size", default="tiny", choices=sorted(SIZES), help="model size for --init random")
-    p.add_argument("--seed", type=int, default=0, help="seed for --init random")
+    src.add_argument("--ckpt", help="weights: a train.py checkpoint (.pt) or the authors' .npz")
+    src.add_argument("--untrained", metavar="CONFIG", help="a randomly initialised model of a config's size "
+                     "(e.g. configs/s.py): the untrained baseline")
+    p.add_argument("--seed", type=int, default=0, help="seeds --untrained's initialisation")
     p.add_argument("--features", default="core", choices=["core", "encoder"],
-                   help="core: recurrent core output (RVM); encoder: per-frame encoder output (image-model baseline)")
+                   help="core: the recurrent core's output (RVM); encoder: per-frame encoder output (image model)")
     p.add_argument("--resolution", type=int, nargs=2, metavar=("H", "W"), help="task resolution (default per task)")
     p.add_argument("--topk", type=int, help="neighbours (default 7; VIP 10)")
     p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--n-context", type=int, default=20, help="queued context frames besides frame 0")
+    p.add_argument("--n_context", type=int, default=20, help="queued context frames besides frame 0")
     p.add_argument("--radius", type=float, default=20, help="search radius in grid cells for queued frames")
-    p.add_argument("--max-frames", type=int, help="use only the first N frames of each video")
+    p.add_argument("--max_frames", type=int, help="use only the first N frames of each video")
     p.add_argument("--sequences", help="comma-separated video names (default: all in the list)")
-    p.add_argument("--long-horizon", action="store_true", help="DAVIS: paper Fig. 4 (first 16..80 frames)")
-    p.add_argument("--horizons", default="16,32,48,64,80", help="frame counts for --long-horizon")
-    p.add_argument("--out", default="out/labelprop", help="folder for CSVs, masks and plots")
-    p.add_argument("--save-masks", action="store_true", help="DAVIS/VIP: write the predicted masks as PNGs")
+    p.add_argument("--long_horizon", action="store_true", help="DAVIS: paper Fig. 4 (the first 16..80 frames)")
+    p.add_argument("--horizons", default="16,32,48,64,80", help="frame counts for --long_horizon")
+    p.add_argument("--out_dir", help="folder for the CSVs, masks and plots (default out/labelprop/<task>-<model>-"
+                   "<features>)")
+    p.add_argument("--save_masks", action="store_true", help="DAVIS/VIP: write the predicted masks as PNGs")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p
+    args = p.parse_args(argv)
+    args.sequences = [s for s in args.sequences.split(",") if s] if args.sequences else None
+    args.horizons = sorted(int(n) for n in args.horizons.split(",")) if args.long_horizon else None
+    args.topk = args.topk or TASKS[args.task]["topk"]
+    args.resolution = tuple(args.resolution or TASKS[args.task]["resolution"])
+    model_name = Path(args.ckpt).stem if args.ckpt else f"untrained-{Path(args.untrained).stem}"
+    args.out_dir = args.out_dir or os.path.join("out", "labelprop", f"{args.task}-{model_name}-{args.features}")
+    if args.n_context < 0 or args.topk < 1 or args.temperature <= 0:
+        raise ValueError("need --n_context >= 0, --topk >= 1 and --temperature > 0")
+    return args
+
+
+def load_videos(args):
+    """Read and check the whole dataset, cut as --sequences, --max_frames and --long_horizon say."""
+    videos = dict(davis=read_davis, jhmdb=read_jhmdb, vip=read_vip)[args.task](args.data, args.sequences)
+    if args.long_horizon:
+        if args.task != "davis":
+            raise ValueError("--long_horizon is the DAVIS experiment of paper Fig. 4; use --task=davis")
+        if args.horizons[0] < 3 or args.max_frames:
+            raise ValueError(f"--horizons must be >= 3 frames (first and last are not scored), got {args.horizons};"
+                             " --long_horizon picks its own frame counts, without --max_frames")
+        videos = [v for v in videos if v["n"] >= args.horizons[-1]]
+        if not videos:
+            raise ValueError(f"no video in {args.data} has the {args.horizons[-1]} frames --long_horizon needs")
+    if args.max_frames:
+        if args.max_frames < (3 if args.task == "davis" else 2):
+            raise ValueError("--max_frames is too small to leave a frame to score")
+        videos = [dict(v, n=min(v["n"], args.max_frames), **{k: v[k][:args.max_frames] for k in ("masks", "joints")
+                                                              if k in v}) for v in videos]
+    return videos
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
-    settings = TASKS[args.task]
-    resolution = tuple(args.resolution or settings["resolution"])
-    prop = dict(n_context=args.n_context, temperature=args.temperature, topk=args.topk or settings["topk"],
-                radius=args.radius, device=args.device)
-    if prop["n_context"] < 0 or prop["topk"] < 1 or prop["temperature"] <= 0:
-        raise ValueError("need --n-context >= 0, --topk >= 1 and --temperature > 0")
-    sequences = [s for s in args.sequences.split(",") if s] if args.sequences else None
-    horizons = sorted(int(n) for n in args.horizons.split(",")) if args.long_horizon else None
-
-    # 1. Read and check the whole dataset before any model work.
-    reader = dict(davis=read_davis, jhmdb=read_jhmdb, vip=read_vip)[args.task]
-    videos = reader(args.data, sequences)
-    if args.long_horizon:
-        if args.task != "davis":
-            raise ValueError("--long-horizon is the DAVIS experiment of paper Fig. 4; use --task davis")
-        if horizons[0] < 3:
-            raise ValueError(f"--horizons must be >= 3 frames (first and last are not scored), got {horizons}")
-        if args.max_frames:
-            raise ValueError("--long-horizon picks its own frame counts (--horizons); drop --max-frames")
-        videos = [v for v in videos if len(v["frames"]) >= horizons[-1]]
-        if not videos:
-            raise ValueError(f"no video in {args.data} has the {horizons[-1]} frames --long-horizon needs")
-    if args.max_frames:
-        if args.max_frames < (3 if args.task == "davis" else 2):
-            raise ValueError("--max-frames is too small to leave a frame to score")
-        videos = [dict(v, **{k: v[k][: args.max_frames] for k in ("frames", "masks", "joints") if k in v})
-                  for v in videos]
-
-    # 2. The model.
-    # Imported here, not at the top, so that the readers and metrics work without model.py.
-    from model import RVM, RVMConfig, load_model
-    if args.init == "random":
+    args = parse_args(argv)
+    videos = load_videos(args)  # every file checked before any model work
+    if args.untrained:
         torch.manual_seed(args.seed)
-        model = RVM(RVMConfig(**SIZES[args.size])).eval()
-        what = f"random init ({args.size})"
+        model = RVM(config_from_file(args.untrained)).eval()
     else:
         model = load_model(args.ckpt)
-        what = args.ckpt
     model = model.to(args.device)
-    P = model.config.patch_size
-    _grid(resolution, P)
+    _grid(args.resolution, model.config.patch_size)
     extract = model_features(model, args.features, args.device)
-    print(f"{args.task}: {len(videos)} videos at {resolution[0]}x{resolution[1]}, {what}, {args.features} "
-          f"features, n_context {prop['n_context']}, temperature {prop['temperature']}, top-k {prop['topk']}, "
-          f"radius {prop['radius']:g}")
-    os.makedirs(args.out, exist_ok=True)
-
-    # 3. Propagate and score.
+    prop = dict(n_context=args.n_context, temperature=args.temperature, topk=args.topk, radius=args.radius,
+                device=args.device)
+    print(f"{args.task}: {len(videos)} videos at {args.resolution[0]}x{args.resolution[1]}, "
+          f"{args.ckpt or f'untrained {args.untrained}'}, {args.features} features, n_context {args.n_context}, "
+          f"temperature {args.temperature}, top-k {args.topk}, radius {args.radius:g}")
+    os.makedirs(args.out_dir, exist_ok=True)
+    P = model.config.patch_size
     if args.task == "davis":
-        rows = evaluate_davis(videos, extract, resolution, P, prop, args.out, args.save_masks, horizons)
-        if horizons:
-            table = [(n, davis_summary(rows, n)) for n in horizons]
-            base = table[0][1]["jf"]
-            _write_csv(os.path.join(args.out, "long_horizon.csv"),
-                       ["frames", "J&F-Mean", "J-Mean", "F-Mean", f"J&F relative to {horizons[0]}"],
-                       [[n, f"{s['jf']:.4f}", f"{s['j']:.4f}", f"{s['f']:.4f}", f"{s['jf'] / base:.4f}"]
-                        for n, s in table])
-            plot_long_horizon(horizons, [s["jf"] / base for _, s in table],
-                              os.path.join(args.out, "long_horizon.png"), label=f"{args.features} features")
-            print(f"long horizon, {len(videos)} videos of >= {horizons[-1]} frames:")
-            for n, s in table:
-                print(f"  {n:3d} frames  J&F-Mean {s['jf']:.3f}  relative {s['jf'] / base:.3f}")
-        s = davis_summary(rows, horizons[-1] if horizons else None)
-        _write_csv(os.path.join(args.out, "davis_per_sequence.csv"),
-                   ["sequence", "object", "frames", "J-Mean", "F-Mean", "J&F-Mean"],
-                   [[r["sequence"], r["object"], r["n_frames"], f"{np.mean(r['j'][:-1]):.4f}",
-                     f"{np.mean(r['f'][:-1]):.4f}", f"{(np.mean(r['j'][:-1]) + np.mean(r['f'][:-1])) / 2:.4f}"]
-                    for r in rows])
-        line = (f"J&F-Mean {s['jf']:.3f}  J-Mean {s['j']:.3f}  F-Mean {s['f']:.3f}  "
-                f"({len(rows)} objects in {len(videos)} sequences)")
+        rows = evaluate_davis(videos, extract, args.resolution, P, prop, args.out_dir, args.save_masks, args.horizons)
+        line = report_davis(rows, args.horizons, args.out_dir, f"{args.features} features")
     elif args.task == "vip":
-        hist, rows = evaluate_vip(videos, extract, resolution, P, prop, args.out, args.save_masks)
+        hist, rows = evaluate_vip(videos, extract, args.resolution, P, prop, args.out_dir, args.save_masks)
         m, per_class = miou(hist)
-        _write_csv(os.path.join(args.out, "vip_per_video.csv"), ["video", "frames", "mIoU"],
+        _write_csv(os.path.join(args.out_dir, "vip_per_video.csv"), ["video", "frames", "mIoU"],
                    [[r["video"], r["n_frames"], f"{r['miou']:.4f}"] for r in rows])
-        _write_csv(os.path.join(args.out, "vip_per_class.csv"), ["class", "IoU"],
+        _write_csv(os.path.join(args.out_dir, "vip_per_class.csv"), ["class", "IoU"],
                    [[c, f"{v:.4f}"] for c, v in zip(VIP_CLASSES, per_class, strict=True)])
         line = f"mIoU {m:.3f}  ({len(videos)} videos, {len(VIP_CLASSES)} classes)"
     else:
-        gts, preds, visibles, rows = evaluate_jhmdb(videos, extract, resolution, P, prop)
-        p1, per_joint = pck(gts, preds, visibles, 0.1)
-        p2, _ = pck(gts, preds, visibles, 0.2)
-        _write_csv(os.path.join(args.out, "jhmdb_per_video.csv"), ["video", "frames", "PCK@0.1"],
+        gts, preds, visibles, rows = evaluate_jhmdb(videos, extract, args.resolution, P, prop)
+        _write_csv(os.path.join(args.out_dir, "jhmdb_per_video.csv"), ["video", "frames", "PCK@0.1"],
                    [[r["video"], r["n_frames"], f"{r['pck']:.4f}"] for r in rows])
-        line = f"PCK@0.1 {p1:.3f}  PCK@0.2 {p2:.3f}  ({len(videos)} videos)"
+        line = (f"PCK@0.1 {pck(gts, preds, visibles, 0.1)[0]:.3f}  PCK@0.2 {pck(gts, preds, visibles, 0.2)[0]:.3f}  "
+                f"({len(videos)} videos)")
     print(line)
-    with open(os.path.join(args.out, f"{args.task}_result.txt"), "w") as f:
+    with open(os.path.join(args.out_dir, f"{args.task}_result.txt"), "w") as f:
         f.write(line + "\n")
+    print(f"wrote {args.out_dir}/")
     return line
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError, ImportError) as err:  # bad input: one line (RVM_TRACEBACK=1 for the trace)
+        if os.environ.get("RVM_TRACEBACK"):
+            raise
+        sys.exit(f"eval_labelprop.py: {err}")

@@ -5,8 +5,6 @@ import csv
 import math
 import os
 import re
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -248,14 +246,14 @@ def _osvos_reference():
     return ref
 
 
-def _check_osvos(shared, sequences):
+def _check_osvos(davis, sequences):
     ref = _osvos_reference()
-    osvos = shared / "data" / "osvos-davis2017"
+    osvos = davis / "osvos-davis2017"
     if not osvos.is_dir():
         pytest.skip(f"{osvos} not found")
     for seq in sequences:
-        root = next(shared / "data" / d for d in ("davis2017-mini", "davis2017-more")
-                    if (shared / "data" / d / "Annotations" / "480p" / seq).is_dir())
+        root = next(davis / d for d in ("davis2017-mini", "davis2017-more")
+                    if (davis / d / "Annotations" / "480p" / seq).is_dir())
         names = sorted(os.listdir(root / "Annotations" / "480p" / seq))[1:-1]
         gt = np.stack([lp.read_mask(root / "Annotations" / "480p" / seq / n) for n in names]) == 1
         pred = np.stack([lp.read_mask(osvos / seq / n) for n in names]) == 1
@@ -266,15 +264,15 @@ def _check_osvos(shared, sequences):
         np.testing.assert_allclose(np.round(f, 4), ref[seq, "F"], atol=1e-9, err_msg=f"{seq} F")
 
 
-def test_osvos_matches_official_toolkit_mini(shared):
-    _check_osvos(shared, ["blackswan", "car-shadow", "dog"])
+def test_osvos_matches_official_toolkit_mini(davis):
+    _check_osvos(davis, ["blackswan", "car-shadow", "dog"])
 
 
 @pytest.mark.slow
-def test_osvos_matches_official_toolkit_all_13(shared):
+def test_osvos_matches_official_toolkit_all_13(davis):
     seqs = sorted({s for s, _ in _osvos_reference()})
     assert len(seqs) == 13
-    _check_osvos(shared, seqs)
+    _check_osvos(davis, seqs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,17 +465,20 @@ def test_bad_data_is_reported_before_any_model_work(tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("model work started before the data was checked")
 
-    monkeypatch.setitem(sys.modules, "model", types.SimpleNamespace(RVM=no_model, RVMConfig=no_model,
-                                                                     load_model=no_model))
+    for name in ("RVM", "config_from_file", "load_model"):
+        monkeypatch.setattr(lp, name, no_model)
     root = _davis_fixture(tmp_path / "davis")
     os.remove(root / "Annotations" / "480p" / "seq-a" / "00007.png")
-    for source in (["--ckpt", str(tmp_path / "missing.pt")], ["--init", "random"]):
+    for source in ([f"--ckpt={tmp_path / 'missing.pt'}"], ["--untrained=configs/s.py"]):
         with pytest.raises(ValueError, match=re.escape(str(root / "Annotations" / "480p" / "seq-a"))):
-            lp.main(["--task", "davis", "--data", str(root), "--out", str(tmp_path / "out"), *source])
+            lp.main(["--task=davis", f"--data={root}", f"--out_dir={tmp_path / 'out'}", *source])
 
 
 # ----------------------------------------------------------------------------------------------
 # End to end through the command line, with a randomly initialised tiny model.
+
+
+TINY_CONFIG = "width = 32\nenc_layers = 1\nenc_heads = 2\ncore_layers = 1\ncore_heads = 2\n"
 
 
 def _read_csv(path):
@@ -485,12 +486,11 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_real_mini_davis_end_to_end(shared, tmp_path):
-    pytest.importorskip("model")
-    data = shared / "data" / "davis2017-mini"
+def test_real_mini_davis_end_to_end(davis, tmp_path):
+    (tmp_path / "tiny.py").write_text(TINY_CONFIG)
     out = tmp_path / "out"
-    line = lp.main(["--task", "davis", "--data", str(data), "--init", "random", "--resolution", "64", "112",
-                    "--max-frames", "6", "--out", str(out), "--save-masks", "--device", "cpu"])
+    line = lp.main(["--task=davis", f"--data={davis / 'davis2017-mini'}", f"--untrained={tmp_path / 'tiny.py'}",
+                    "--resolution", "64", "112", "--max_frames=6", f"--out_dir={out}", "--save_masks", "--device=cpu"])
     m = re.fullmatch(r"J&F-Mean (\d\.\d{3})  J-Mean (\d\.\d{3})  F-Mean (\d\.\d{3})  \(3 objects in 3 sequences\)",
                      line)
     assert m, line
@@ -507,13 +507,13 @@ def test_real_mini_davis_end_to_end(shared, tmp_path):
             assert im.mode == "P" and im.size == (854, 480) and set(np.unique(np.array(im))) <= {0, 1}
 
 
-def test_cli_encoder_features_long_horizon_vip_jhmdb(shared, tmp_path):
-    pytest.importorskip("model")
-    data = shared / "data" / "davis2017-mini"
+def test_cli_encoder_features_long_horizon_vip_jhmdb(davis, tmp_path):
+    (tmp_path / "tiny.py").write_text(TINY_CONFIG)
+    tiny = [f"--untrained={tmp_path / 'tiny.py'}", "--device=cpu"]
     out = tmp_path / "lh"
-    line = lp.main(["--task", "davis", "--data", str(data), "--init", "random", "--resolution", "48", "80",
-                    "--sequences", "car-shadow,dog", "--features", "encoder", "--long-horizon", "--horizons", "4,8",
-                    "--out", str(out), "--device", "cpu"])
+    line = lp.main(["--task=davis", f"--data={davis / 'davis2017-mini'}", "--resolution", "48", "80",
+                    "--sequences=car-shadow,dog", "--features=encoder", "--long_horizon", "--horizons=4,8",
+                    f"--out_dir={out}", *tiny])
     assert line.startswith("J&F-Mean") and "(2 objects in 2 sequences)" in line
     table = _read_csv(out / "long_horizon.csv")
     assert [r["frames"] for r in table] == ["4", "8"] and table[0]["J&F relative to 4"] == "1.0000"
@@ -522,13 +522,13 @@ def test_cli_encoder_features_long_horizon_vip_jhmdb(shared, tmp_path):
     assert (out / "long_horizon.png").stat().st_size > 0
     # VIP and JHMDB through the command line, on the fixtures.
     root, _ = _vip_fixture(tmp_path / "vip")
-    line = lp.main(["--task", "vip", "--data", str(root), "--init", "random", "--resolution", "48", "64",
-                    "--out", str(tmp_path / "vip-out"), "--device", "cpu"])
+    line = lp.main(["--task=vip", f"--data={root}", "--resolution", "48", "64", f"--out_dir={tmp_path / 'vip-out'}",
+                    *tiny])
     assert re.fullmatch(r"mIoU \d\.\d{3}  \(1 videos, 20 classes\)", line), line
     assert len(_read_csv(tmp_path / "vip-out" / "vip_per_class.csv")) == 20
     root, _ = _jhmdb_fixture(tmp_path / "jhmdb")
-    line = lp.main(["--task", "jhmdb", "--data", str(root), "--init", "random", "--resolution", "96", "128",
-                    "--out", str(tmp_path / "jhmdb-out"), "--device", "cpu"])
+    line = lp.main(["--task=jhmdb", f"--data={root}", "--resolution", "96", "128",
+                    f"--out_dir={tmp_path / 'jhmdb-out'}", *tiny])
     assert re.fullmatch(r"PCK@0\.1 \d\.\d{3}  PCK@0\.2 \d\.\d{3}  \(1 videos\)", line), line
 
 
