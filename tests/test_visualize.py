@@ -1,9 +1,14 @@
-"""visualize.py: PCA, K-means, the noise-square IoU, and the script end to end."""
+"""visualize.py: PCA, K-means, the noise-square IoU, the pictures, and the script end to end."""
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 
 import visualize as vis
+from conftest import REFERENCE
+from model import RVM, RVMConfig
+
+TINY_CONFIG = "patch_size = {P}\nwidth = 32\nenc_layers = 1\nenc_heads = 2\ncore_layers = 1\ncore_heads = 2\n"
 
 # ----------------------------------------------------------------------------------------------
 # PCA
@@ -117,59 +122,6 @@ def test_cluster_iou_known_answers_and_one_cluster_for_the_whole_video():
     assert (cluster, mean) == (2, pytest.approx(1.0))
 
 
-def test_square_share_known_answers():
-    truth = torch.zeros(4, 4, 4, dtype=torch.bool)
-    truth[:, 1:3, 1:3] = True  # p = 1/4
-    mask_itself = truth.float()[..., None]
-    assert vis.square_share(mask_itself, truth) == pytest.approx(1.0)
-    # one feature that is the mask, one of equal variance that ignores it: half the variance
-    g = torch.Generator().manual_seed(0)
-    other = torch.randn(4, 4, 4, 1, generator=g)
-    other = (other - other.mean()) / other.std(unbiased=False) * mask_itself.std(unbiased=False)
-    half = vis.square_share(torch.cat([mask_itself, other], -1), truth)
-    assert half == pytest.approx(0.5, abs=0.06)
-    # it compares means: the centred square's mean (row, col) is the background's, so positions
-    # score 0 although they determine this square (a non-linear separation it does not see)
-    assert vis.square_share(vis.position_features(4, 4, 4), truth) == pytest.approx(0.0)
-    assert vis.square_share(torch.randn(4, 4, 4, 8, generator=g), truth) < 0.1
-    # scored frames only: frames where the features ignore the mask do not count
-    mixed = mask_itself.clone()
-    mixed[:2] = 0.0
-    assert vis.square_share(mixed, truth, frames=[2, 3]) == pytest.approx(1.0)
-
-
-def test_square_spread_known_answers():
-    truth = torch.zeros(4, 4, 4, dtype=torch.bool)
-    truth[:, 1:3, 1:3] = True
-    g = torch.Generator().manual_seed(0)
-    colour = torch.rand(4, 4, 4, 3, generator=g)
-    flag = truth.float()[..., None]
-    assert vis.square_spread(flag, truth) == pytest.approx(0.0)  # the mask itself: a point
-    # a flag that carries the colour everywhere: the square is as spread as the background
-    assert vis.square_spread(torch.cat([4 * flag, colour], -1), truth) == pytest.approx(1.0, abs=0.35)
-    # colour on the background only: the square is a point again, however far the flag
-    assert vis.square_spread(torch.cat([flag, colour * ~truth[..., None]], -1), truth) == pytest.approx(0.0)
-    # halving the square's features halves its distances: a quarter of the spread
-    half = torch.where(truth[..., None], colour / 2, colour)
-    assert vis.square_spread(half, truth) == pytest.approx(vis.square_spread(colour, truth) / 4)
-
-
-def test_kmeans_keeps_a_tight_square_whole_and_splits_a_spread_one():
-    # Why square_spread is printed: the same flag, with or without the square's colour riding on it.
-    T, S = 8, 16
-    truth = torch.zeros(T, S, S, dtype=torch.bool)
-    truth[:, 4:12, 4:12] = True
-    colour = torch.rand(T, S, S, 3, generator=torch.Generator().manual_seed(0)) - 0.5
-    flag = 2 * truth.float()[..., None]
-    tight = torch.cat([flag, colour * ~truth[..., None]], -1)
-    spread = torch.cat([flag, colour], -1)
-    assert vis.square_share(spread, truth) > 0.7  # far apart from the background ...
-    _, _, iou_tight = vis.cluster_iou(vis.kmeans_labels(tight, 5), truth)
-    _, _, iou_spread = vis.cluster_iou(vis.kmeans_labels(spread, 5), truth)
-    assert iou_tight == pytest.approx(1.0)
-    assert iou_spread < 0.8  # ... and still cut in two by colour
-
-
 def test_motion_ceiling_known_answers():
     masks = torch.zeros(10, 8, 8, dtype=torch.bool)
     masks[:, 2:6, 0:4] = True
@@ -207,6 +159,14 @@ def test_without_square_is_the_background():
     assert (clean != video).any()  # the square is gone
 
 
+def test_outline_is_the_border_of_the_mask():
+    masks = torch.zeros(1, 6, 6, dtype=torch.bool)
+    masks[0, 1:5, 2:6] = True  # touches the right edge of the frame: no border drawn along it
+    edge = vis.outline(masks)[0]
+    assert edge[1, 2:6].all() and edge[4, 2:6].all() and edge[1:5, 2].all()
+    assert not edge[2:4, 3:6].any() and not (edge & ~masks[0]).any()
+
+
 def test_scores_oracle_features_find_the_square():
     # A feature set that IS the square mask must score IoU 1; positions alone must not.
     video, masks, _ = toy_stimulus(T=8, size=32, S=16)
@@ -226,17 +186,15 @@ def write_test_video(tmp_path, T=6, size=64):
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (T, size, size + 16, 3), dtype=np.uint8)  # 64 x 80, 4 x 5 patches of 16
     path = tmp_path / "clip.mp4"
-    import imageio.v3 as iio
     iio.imwrite(path, frames, plugin="pyav", codec="libx264", fps=8)
     folder = tmp_path / "frames"
     folder.mkdir()
     for t, f in enumerate(frames):
-        iio.imwrite(folder / f"{t:05d}.png", f)
-    return path, folder
+        iio.imwrite(folder / f"frame_{t}.png", f)  # frame_10 must not come before frame_2
+    return path, folder, frames
 
 
 def check_outputs(out, name, T, H, W):
-    import imageio.v3 as iio
     gif = iio.imread(out / f"{name}.gif", index=None)
     assert gif.shape[0] == T and gif.shape[1:3] == (H, 3 * W)
     mp4 = iio.imread(out / f"{name}.mp4", plugin="pyav")
@@ -246,72 +204,72 @@ def check_outputs(out, name, T, H, W):
     return gif
 
 
+def tiny_config(tmp_path, P=16):
+    (tmp_path / "tiny.py").write_text(TINY_CONFIG.format(P=P))
+    return f"--untrained={tmp_path / 'tiny.py'}"
+
+
 def test_end_to_end_random_model_on_a_video_file_and_a_folder(tmp_path):
-    path, folder = write_test_video(tmp_path)
-    tiny = ["--init", "random", "--patch_size", "16", "--width", "32", "--enc_layers", "1", "--enc_heads", "2",
-            "--core_layers", "1", "--core_heads", "2", "--scale", "2"]
-    vis.main(["--video", str(path), "--out", str(tmp_path / "a")] + tiny)
-    gif = check_outputs(tmp_path / "a", "clip", T=6, H=128, W=160)
-    # the first panel is the input (nearest-upsampled); the K-means panel uses at most k colours
-    km = gif[:, :, 320:].reshape(-1, gif.shape[-1])[:, :3]
-    assert 1 < len(np.unique(km, axis=0)) <= 5 + 2  # GIF palette quantisation may add a few
-    vis.main(["--video", str(folder), "--out", str(tmp_path / "b"), "--frames", "4"] + tiny)
-    check_outputs(tmp_path / "b", "frames", T=4, H=128, W=160)
+    path, folder, frames = write_test_video(tmp_path, T=12)
+    vis.main([f"--video={path}", f"--out_dir={tmp_path / 'a'}", "--scale=2", tiny_config(tmp_path)])
+    gif = check_outputs(tmp_path / "a", "clip", T=12, H=128, W=160)
+    # the K-means panel uses at most k colours (the GIF palette may add a few)
+    assert 1 < len(np.unique(gif[:, :, 320:].reshape(-1, gif.shape[-1])[:, :3], axis=0)) <= 5 + 2
+    vis.main([f"--video={folder}", f"--out_dir={tmp_path / 'b'}", "--frames=11", "--scale=1", tiny_config(tmp_path)])
+    gif = check_outputs(tmp_path / "b", "frames", T=11, H=64, W=80)
+    # the frames come in frame order: the input panel of GIF frame 10 is frame_10.png (GIF colours are
+    # quantised, so compare against every frame and find it closest)
+    errors = [np.abs(gif[10, :, :80, :3].astype(int) - f).mean() for f in frames]
+    assert int(np.argmin(errors)) == 10
 
 
-def test_end_to_end_official_micro_weights(tmp_path, shared):
-    ref = shared / "reference" / "official_micro_a.npz"
-    path, _ = write_test_video(tmp_path, T=5, size=64)
-    vis.main(["--video", str(path), "--official", str(ref), "--out", str(tmp_path), "--scale", "1", "--k", "3"])
+def test_end_to_end_official_micro_weights(tmp_path):
+    ref = REFERENCE / "official_micro_a.npz"
+    path, _, _ = write_test_video(tmp_path, T=5, size=64)
+    vis.main([f"--video={path}", f"--ckpt={ref}", f"--out_dir={tmp_path}", "--scale=1", "--k=3"])
     check_outputs(tmp_path, "clip", T=5, H=64, W=80)
-    # the features written are the authors' model's: they match the reference run, frame by frame
-    model = vis.load_model(ref)
+    # the features are the authors' model's: they match their reference run, frame by frame
     arrays = np.load(ref)
     video = torch.from_numpy(arrays["video"][0]).permute(0, 3, 1, 2).float()
-    feats = vis.unroll(model, video, "core", progress=False)
-    expect = torch.from_numpy(arrays["features"][0, :, 1:]).reshape(feats.shape)
-    assert torch.allclose(feats, expect, atol=1e-5)
+    feats = vis.unroll(vis.load_model(ref), video, "core", progress=False)
+    assert torch.allclose(feats, torch.from_numpy(arrays["features"][0, :, 1:]).reshape(feats.shape), atol=1e-5)
 
 
 def test_unroll_is_streaming_and_matches_model_features():
     torch.manual_seed(0)
-    model = vis.random_model(vis.RVMConfig(patch_size=8, width=32, enc_layers=1, enc_heads=2, core_layers=1,
-                                           core_heads=2, dec_width=32, dec_layers=1, dec_heads=2))
+    model = RVM(RVMConfig(patch_size=8, width=32, enc_layers=1, enc_heads=2, core_layers=1, core_heads=2,
+                          dec_width=32, dec_layers=1, dec_heads=2)).eval()
     video = torch.rand(5, 3, 16, 24)
     feats = vis.unroll(model, video, "core", progress=False)
-    assert feats.shape == (5, 2, 3, 32)
     with torch.no_grad():
-        ref = model.features(video[None])[0, :, 1:]
-        enc = model.encoder_features(video[None])[0, :, 1:]
-    assert torch.allclose(feats.reshape(5, 6, 32), ref, atol=1e-5)
+        assert torch.allclose(feats.reshape(5, 6, 32), model.features(video[None])[0, :, 1:], atol=1e-5)
+        enc = model.features(video[None], kind="encoder")[0, :, 1:]
     assert torch.allclose(vis.unroll(model, video, "encoder", progress=False).reshape(5, 6, 32), enc, atol=1e-5)
-    # frame 2's features do not depend on later frames
-    changed = video.clone()
-    changed[3:] = 0
-    assert torch.equal(vis.unroll(model, changed, "core", progress=False)[:3], feats[:3])
 
 
-def test_demo_prints_the_table(tmp_path, capsys, monkeypatch):
+def test_demo_prints_the_table_and_outlines_the_square(tmp_path, capsys, monkeypatch):
     # The stimulus comes from data.py; the toy generator stands in so this test checks visualize.py only.
     video, masks, _ = toy_stimulus(T=10, size=32, S=16)
-    monkeypatch.setattr(vis, "noise_square", lambda *a, **k: (video, masks))
-    vis.main(["--demo", "noise_square", "--init", "random", "--patch_size", "4", "--width", "32",
-              "--enc_layers", "1", "--enc_heads", "2", "--core_layers", "1", "--core_heads", "2",
-              "--size", "32", "--frames", "10", "--out", str(tmp_path), "--scale", "2"])
-    text = capsys.readouterr().out
-    for row in ["core features", "encoder only", "untrained model", "video without square", "patch positions"]:
-        assert row in text
-    assert text.count("square share") == 5 and text.count("square spread") == 5  # one per row
-    assert "the square first moves at frame 1" in text
-    assert text.count("\n") > 15  # the per-frame table
-    check_outputs(tmp_path, "noise_square", T=10, H=64, W=64)
+    monkeypatch.setattr(vis, "noise_square_video", lambda *a, **k: (video, masks))
+    args = ["--demo", tiny_config(tmp_path, P=4), "--image_size=32", "--frames=10", f"--out_dir={tmp_path}",
+            "--scale=2"]
+    vis.main(args)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("the square first moves at frame 1")  # the ceiling first ...
+    rows = ["core features", "encoder only", "untrained model", "video without square", "patch positions",
+            "core minus the best other row"]
+    assert [any(r in line for line in lines[3:9]) for r in rows] == [True] * 6  # ... then the five rows
+    assert len(lines) == 10  # and no per-frame table unless asked for
+    gif = check_outputs(tmp_path, "noise_square", T=10, H=64, W=64)
+    # the true square is outlined in white on every panel: frame 0's square spans columns 0..15
+    # (0..31 at scale 2) and rows 8..23 (16..47)
+    assert (gif[0, 16, 0:32, :3] > 240).all() and (gif[0, 16, 64 * 2:64 * 2 + 32, :3] > 240).all()
+    vis.main(args + ["--per_frame"])
+    assert len(capsys.readouterr().out.splitlines()) == 10 + 11
 
 
 @pytest.mark.slow
 def test_demo_with_data_py_stimulus(tmp_path, capsys):
-    pytest.importorskip("data")
-    vis.main(["--demo", "noise_square", "--init", "random", "--patch_size", "8", "--width", "32",
-              "--enc_layers", "1", "--enc_heads", "2", "--core_layers", "1", "--core_heads", "2",
-              "--size", "64", "--frames", "16", "--out", str(tmp_path)])
+    vis.main(["--demo", tiny_config(tmp_path, P=8), "--image_size=64", "--frames=16", f"--out_dir={tmp_path}"])
     assert "control: patch positions only" in capsys.readouterr().out
     check_outputs(tmp_path, "noise_square", T=16, H=256, W=256)
