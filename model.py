@@ -35,14 +35,14 @@ class RVMConfig:
     patch_size: int = 16  # P: frames are cut into P x P patches
     width: int = 384  # D: encoder width, also the core's (Table 5: "RNN core dimension matches")
     enc_layers: int = 12  # ViT encoder blocks
-    enc_heads: int = 6
+    enc_heads: int = 6  # attention heads per encoder block
     enc_mlp: int = 0  # encoder MLP hidden size; 0 = 4 * width (MLP ratio 4)
     core_layers: int = 4  # cross-attention blocks in the core's transformer Tx (§3.2)
-    core_heads: int = 8
+    core_heads: int = 8  # attention heads per core block
     core_mlp: int = 0  # 0 = 4 * width
     dec_width: int = 512  # decoder, the same for every size (Table 6)
-    dec_layers: int = 8
-    dec_heads: int = 16
+    dec_layers: int = 8  # cross-attention blocks in the decoder
+    dec_heads: int = 16  # attention heads per decoder block
     dec_mlp: int = 0  # 0 = 4 * dec_width
     mask_ratio: float = 0.95  # m: fraction of each target frame's patches hidden (§3.1)
     n_deltas: int = 64  # time gaps Δ are one-hot over [0, n_deltas): a 64-frame clip (§4.1)

@@ -1,15 +1,16 @@
 """Train RVM with the paper's recipe (§4.1): one process, or many under torchrun.
 
     python train.py                                                  # the white-noise square demo on a CPU
-    python train.py configs/s.py --data=/path/to/videos              # RVM-S on one GPU (or CPU)
-    torchrun --standalone --nproc_per_node=8 train.py configs/b.py --data=/path/to/videos
+    python train.py configs/s.py --data=data/videos                  # RVM-S on one GPU (or CPU)
+    python train.py configs/s.py --data=data/videos --init_from=resume    # continue it exactly
+    torchrun --standalone --nproc_per_node=8 train.py configs/b.py --data=data/videos   # one node, 8 GPUs
     torchrun --nnodes=4 --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
-        --rdzv_id=rvm train.py configs/l.py --data=...               # many nodes, out_dir on a shared disk
-    python train.py configs/s.py --data=... --init_from=resume       # continue a run exactly
+        --rdzv_id=rvm train.py configs/l.py --data=data/videos       # many nodes, out_dir on a shared disk
 
-Settings are the names below: their defaults, then each config file (plain Python), then
---key=value (a Python literal, or a bare word for text), in that order. Every field of
-model.RVMConfig is a setting of the same name. An unknown name or a wrong type stops at once.
+data/videos: your videos (mp4, webm, avi, mkv, mov, gif) or folders of frames, e.g. DAVIS-2017's
+JPEGImages/480p (https://davischallenge.org). Settings are the names below: their defaults, then
+each config file (plain Python), then --name=value (a Python literal, or a bare word for text), in
+that order; every field of model.RVMConfig is one; `python train.py --help` lists them all.
 
 Writes into out_dir: ckpt.pt (every ckpt_interval steps and at the end), log.jsonl (a line per
 log_interval steps), loss.png and reconstruction.png (every eval_interval steps and at the end).
@@ -55,7 +56,7 @@ image_size = 256  # frames are cropped and resized to image_size x image_size (�
 n_source = 4  # source frames per clip, unrolled through the core
 n_target = 4  # target frames per clip, reconstructed
 gap_min = 4  # each target lies gap_min..gap_max frames after the last source frame
-gap_max = 48
+gap_max = 48  # (the paper: 4..48)
 window = 64  # frames per training clip
 per_frame_crop = False  # a crop box per frame instead of one per clip (the paper's "frame-level")
 num_workers = 8  # loader processes per rank
@@ -69,8 +70,8 @@ min_lr = 0.0  # the cosine decays to this
 warmup_steps = 10_000  # linear warm-up (§4.1 names one; its length is ours: 1 % of the run)
 lr_decay_steps = 0  # the cosine reaches min_lr at this step; 0: at max_steps
 weight_decay = 0.05  # AdamW's, on weight matrices only (none on biases, norms, CLS and MASK tokens)
-beta1 = 0.9
-beta2 = 0.95
+beta1 = 0.9  # AdamW's betas (the MAE/SiamMAE recipe)
+beta2 = 0.95  # (see beta1)
 grad_clip = 1.0  # clip the global gradient norm to this; 0: no clipping
 # -- system
 device = "auto"  # 'auto' (cuda if there is one, else cpu), 'cuda', 'cpu', or 'xla' (torch_xla)
@@ -79,7 +80,7 @@ sharding = "fsdp"  # over several processes: 'fsdp' (FSDP2 per block, §4.1), 'd
 compile = False  # torch.compile the model
 peak_flops_per_device = 0.0  # the FLOP/s that MFU is counted against; 0: model.peak_flops's figure
 threads = 0  # torch CPU threads per process; 0: torch's default. Tiny models run fastest on 1
-seed = 0
+seed = 0  # seeds the data, the masks and the initial weights
 # -- model: every field of model.RVMConfig, same name, same default (RVM-S, Table 5)
 globals().update({f.name: f.default for f in fields(RVMConfig)})
 # -----------------------------------------------------------------------------------------------
@@ -147,7 +148,29 @@ def configure(argv):
                 settings[key] = check(key, value, arg)
 
 
+def print_help():
+    """Every setting with its default and the comment beside it, grouped as in the settings block
+    (the model's settings are read from model.RVMConfig, their one home)."""
+    import inspect
+
+    import model
+    block = inspect.getsource(sys.modules[__name__]).split("# Settings.", 1)[1].split("# -- model")[0]
+    block += "# -- model: every field of model.RVMConfig (RVM-S by default, Table 5)\n"
+    block += inspect.getsource(model.RVMConfig).split("def __post_init__")[0]
+    print(__doc__.split("\n\n")[0] + "\n\nSettings (defaults; a config file or --name=value changes them):")
+    for line in block.splitlines()[1:]:
+        name, sep, comment = line.strip().partition("#")
+        key = name.split("=")[0].split(":")[0].strip()
+        if line.startswith("# --"):
+            print(f"\n{comment.strip('- ')}")
+        elif key in settings:
+            print(f"  {key} = {settings[key]!r}".ljust(36) + f"  {comment.strip()}")
+
+
 argv = sys.argv[1:]
+if "--help" in argv or "-h" in argv:
+    print_help()
+    sys.exit(0)
 if not argv:  # no arguments: the built-in default is the laptop demo
     argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "noise_square.py")]
     print(f"train.py: no arguments, so the built-in default: the white-noise square demo ({argv[0]})")
@@ -176,10 +199,17 @@ if "TORCHELASTIC_RUN_ID" in os.environ:  # set by torchrun
 
 
 def fail(message, all_ranks=False):
-    """Stop with one line instead of a trace. Where every rank fails alike, rank 0 speaks for all.
-    os._exit skips the interpreter's teardown, which can abort a gloo process (see the end)."""
+    """Stop with one line instead of a trace (RVM_TRACEBACK=1: with the trace). Where every rank fails
+    alike, rank 0 speaks for all, and the others wait a moment, so that torchrun, stopping the rest
+    when one process ends, does not stop rank 0 before it has spoken. os._exit skips the interpreter's
+    teardown, which can abort a gloo process (see the end)."""
     if master or all_ranks:
         print(f"train.py: {message}" if world_size == 1 else f"train.py: rank {rank}: {message}", file=sys.stderr)
+        if os.environ.get("RVM_TRACEBACK"):
+            import traceback
+            traceback.print_exc() if sys.exc_info()[0] else traceback.print_stack()
+    else:
+        time.sleep(2)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)
@@ -201,6 +231,21 @@ if image_size % model_config.patch_size:
 if n_source - 1 + gap_max >= model_config.n_deltas:
     fail(f"n_source - 1 + gap_max = {n_source - 1 + gap_max} must be < n_deltas={model_config.n_deltas}: the "
          "decoder one-hot encodes each target's offset from the first source frame")
+for spec in [data] if isinstance(data, str) else [s for s, _ in data]:  # the cheap part of data.py's checks
+    if not spec.startswith("noise_square") and not os.path.isdir(os.path.expanduser(spec)):
+        fail(f"data={spec!r}: no such folder (a folder of videos or frame folders, 'noise_square', or a mixture "
+             "[(spec, weight), ...]; set it in the config file or with --data=...)")
+peak_lr = learning_rate or base_lr * batch_size / 256  # MAE's linear scaling rule
+# Settings that make a run pointless, named before any work.
+tokens = (image_size // model_config.patch_size) ** 2
+for pointless, why in [(warmup_steps >= max_steps, f"warmup_steps={warmup_steps} >= max_steps={max_steps}: the "
+                        "learning rate never reaches its peak"),
+                       (peak_lr < 1e-6, f"the peak learning rate is {peak_lr:.2g} (base_lr * batch_size / 256 = "
+                        f"{base_lr} * {batch_size} / 256): nothing will be learned; set learning_rate"),
+                       (tokens > 4096, f"{tokens} tokens per frame (image_size / patch_size = "
+                        f"{image_size // model_config.patch_size} per side): attention costs grow with their square")]:
+    if pointless and rank == 0:
+        print(f"train.py: warning: {why}", file=sys.stderr)
 if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
 if device == "cuda" and not torch.cuda.is_available():
@@ -271,13 +316,19 @@ slots = range(rank * grad_accum, (rank + 1) * grad_accum)
 if distributed and local_rank != 0:
     dist.barrier()  # local rank 0 lists the folders first: data.py caches what it finds
 try:
-    stream = ClipDataset(data, image_size=image_size, n_source=n_source, n_target=n_target, gap_min=gap_min,
-                         gap_max=gap_max, window=window, per_frame_crop=per_frame_crop, seed=seed, rank=slots[0],
-                         start=examples_per_slot)
+    stream, data_error = ClipDataset(data, image_size=image_size, n_source=n_source, n_target=n_target,
+                                     gap_min=gap_min, gap_max=gap_max, window=window, per_frame_crop=per_frame_crop,
+                                     seed=seed, rank=slots[0], start=examples_per_slot), None
 except (ValueError, OSError) as err:
-    fail(f"data={data!r}: {err} (set data in the config file, or --data=/path/to/videos)", all_ranks=True)
+    data_error = f"data={data!r}: {err}"
 if distributed and local_rank == 0:
     dist.barrier()
+if distributed:  # every rank stops on any rank's data error, rank 0 naming them all (no rank left waiting)
+    errors = [None] * world_size
+    dist.all_gather_object(errors, data_error)
+    data_error = "; ".join(sorted({e for e in errors if e})) or None
+if data_error:
+    fail(data_error)
 
 
 def slot_loader(slot):
@@ -369,7 +420,6 @@ if ckpt is not None:  # the file holds full state dicts; set_state_dict shards t
                    options=StateDictOptions(full_state_dict=True))
     del ckpt  # the mmap'd file is no longer needed
 
-peak_lr = learning_rate or base_lr * batch_size / 256  # MAE's linear scaling rule
 decay_steps = lr_decay_steps or max_steps
 
 
@@ -542,7 +592,10 @@ if distributed:
     dist.barrier()
     dist.destroy_process_group()
 if master:
-    print(f"done: {step} steps, checkpoint {ckpt_path}")
+    print(f"done: {step} steps. {out_dir}/ holds ckpt.pt, log.jsonl, loss.png and reconstruction.png. Next:")
+    print(f"  python visualize.py --demo --ckpt={ckpt_path}" if str(data).startswith("noise_square") else
+          f"  python visualize.py --video=<a video or frame folder> --ckpt={ckpt_path}\n"
+          f"  python eval_labelprop.py --task=davis --data=<DAVIS-2017 folder> --ckpt={ckpt_path}")
 sys.stdout.flush()
 sys.stderr.flush()
 os._exit(0)

@@ -2,7 +2,7 @@
 # train.py's defaults. Everything else is the paper's recipe, which is train.py's defaults too (§4.1):
 # global batch 2048 for 1M steps (~2B clips) at 256 px, AdamW (0.9, 0.95), weight decay 0.05,
 # lr 1.5e-4 * 2048 / 256 after a linear warm-up, cosine decay, bf16 compute on float32 weights, FSDP.
-#   torchrun --standalone --nproc_per_node=8 train.py configs/b.py --data=/path/to/videos
+#   torchrun --standalone --nproc_per_node=8 train.py configs/b.py --data=data/videos
 # data: a folder of videos or frame folders, or the paper's mixture (supplement Table 4), e.g.
 #   data = [("data/ssv2", 0.056), ("data/kinetics700", 0.188), ("data/howto100m", 0.318),
 #           ("data/yt8m", 0.188), ("data/ytbb", 0.250)]

@@ -1,6 +1,6 @@
 # RVM-H: Table 5 sizes (paper "Total Params" 743M). The decoder (Table 6) and the paper's recipe
-# (§4.1) are train.py's defaults; configs/b.py says what they are and how to give the paper's data mix.
-#   torchrun --standalone --nproc_per_node=8 train.py configs/h.py --data=/path/to/videos
+# (§4.1) are train.py's defaults; configs/b.py says what they are,
+# how to launch, and how to give the paper's data mix.
 width = 1280
 enc_heads = 16
 enc_layers = 32

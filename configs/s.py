@@ -1,6 +1,6 @@
 # RVM-S: Table 5 sizes (paper "Total Params" 34M). The decoder (Table 6) and the paper's recipe
-# (§4.1) are train.py's defaults; configs/b.py says what they are and how to give the paper's data mix.
-#   torchrun --standalone --nproc_per_node=8 train.py configs/s.py --data=/path/to/videos
+# (§4.1) are train.py's defaults; configs/b.py says what they are,
+# how to launch, and how to give the paper's data mix.
 width = 384
 enc_heads = 6
 enc_layers = 12

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import REFERENCE, ROOT
-from model import load_model, load_official
+from model import RVMConfig, load_model, load_official
 
 TIMEOUT = 180  # seconds for one launch; nothing may hang CI
 # 4 examples a step in micro-batches of 1: one process accumulates 4, each of two processes 2.
@@ -140,6 +140,24 @@ def test_configurator_rejects_bad_settings(tmp_path, args, expected):
     assert not (tmp_path / "out").exists()  # stopped before anything started
 
 
+def test_help_lists_every_setting_with_its_default_and_meaning():
+    code, out = run([sys.executable, str(ROOT / "train.py"), "--help"])
+    assert code == 0, out
+    listed = {line.split()[0]: line.split(" = ", 1)[1] for line in out.splitlines() if line.startswith("  ")}
+    for name in ["out_dir", "data", "batch_size", "learning_rate", "seed"] + list(RVMConfig.__annotations__):
+        assert name in listed, name
+        assert len(listed[name].split()) >= 3, f"{name}: a default and a meaning, got {listed[name]!r}"
+    assert "learning_rate = 0.0" in out and "patch_size = 16" in out and "model:" in out
+
+
+def test_pointless_settings_are_named_before_any_work(tmp_path):
+    code, out = launch(tmp_path, max_steps=2, warmup_steps=10, learning_rate=None, base_lr=1e-8, patch_size=1,
+                       image_size=72, n_source=1, n_target=1)
+    assert "warmup_steps=10 >= max_steps=2" in out and "peak learning rate is 1.6e-10" in out, out
+    assert "5184 tokens per frame" in out, out
+    assert out.index("warning") < out.index("RVM "), "named before the run starts"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("args, expected", [
     (["--device=xla"], "needs torch_xla"),
@@ -160,8 +178,9 @@ def test_one_process_run(tmp_path):
     """Config file + overrides, the log, the lr schedule, weight decay groups, plots, checkpoint."""
     config = tmp_path / "tiny.py"
     config.write_text("# a config file is plain Python\nmax_steps = 8\ncore_layers = 2\nmin_lr = 1e-4\n")
-    succeed(tmp_path / "out", config, core_layers=1, enc_mlp=48, eval_interval=4, ckpt_interval=4, lr_decay_steps=6,
-            max_steps=None)  # None: no override, the config file's 8 counts
+    out = succeed(tmp_path / "out", config, core_layers=1, enc_mlp=48, eval_interval=4, ckpt_interval=4,
+                  lr_decay_steps=6, max_steps=None)  # None: no override, the config file's 8 counts
+    assert out.splitlines()[-1] == f"  python visualize.py --demo --ckpt={tmp_path / 'out' / 'ckpt.pt'}"  # what next
 
     rows = log(tmp_path / "out")
     assert [r["step"] for r in rows] == list(range(1, 9))
@@ -252,6 +271,19 @@ def test_resume_one_process_is_bitwise(tmp_path, reference):
 def test_two_processes_equal_one(tmp_path, reference, sharding):
     succeed(tmp_path, nproc=2, sharding=sharding)
     assert losses(tmp_path) == pytest.approx(reference[0], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_bad_data_folder_stops_every_process_with_one_line(tmp_path):
+    code, out = launch(tmp_path, nproc=2, data=str(tmp_path / "no_such_folder"))
+    assert code != 0
+    assert out.count("no such folder") == 1 and "train.py: rank 0: data=" in out, out
+    assert "gloo" not in out.lower() and "Connection closed" not in out, out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out = launch(tmp_path / "out", nproc=2, data=str(empty))  # found, but nothing in it: after the group
+    assert code != 0 and out.count("no usable video in") == 1, out
+    assert "Connection closed" not in out and "train.py: rank 0:" in out, out
 
 
 @pytest.mark.slow
