@@ -40,15 +40,19 @@ Step by step, for one video:
 frames, each relative to the 16-frame score. Features and propagation are causal, so the first N
 frames' predictions are those of the video cut to N frames: one pass over 80 frames serves all.
 
-    python eval_labelprop.py --task=davis --data=/path/to/DAVIS --ckpt=out/rvm-s/ckpt.pt
-    python eval_labelprop.py --task=davis --data=/path/to/DAVIS --ckpt=rvm_s.npz --features=encoder
-    python eval_labelprop.py --task=davis --data=/path/to/DAVIS --untrained=configs/s.py   # a baseline
-    python eval_labelprop.py --task=davis --data=/path/to/DAVIS --ckpt=ckpt.pt --long_horizon
-    python eval_labelprop.py --task=jhmdb --data=/path/to/JHMDB --ckpt=ckpt.pt
-    python eval_labelprop.py --task=vip --data=/path/to/VIP_Fine --ckpt=ckpt.pt
+    python eval_labelprop.py --task=davis --data=data/DAVIS --ckpt=out/rvm-s/ckpt.pt
+    python eval_labelprop.py --task=davis --data=data/DAVIS --ckpt=rvm_s.npz --features=encoder
+    python eval_labelprop.py --task=davis --data=data/DAVIS --untrained=configs/s.py     # a baseline
+    python eval_labelprop.py --task=davis --data=data/DAVIS --ckpt=out/rvm-s/ckpt.pt --long_horizon
+    python eval_labelprop.py --task=jhmdb --data=data/JHMDB --ckpt=out/rvm-s/ckpt.pt
+    python eval_labelprop.py --task=vip --data=data/VIP_Fine --ckpt=out/rvm-s/ckpt.pt
 
+out/rvm-s/ckpt.pt is what `python train.py configs/s.py` writes; rvm_s.npz stands for the authors'
+released weights. The datasets, in their usual layouts: DAVIS-2017 val at 480p
+(https://davischallenge.org), JHMDB (http://jhmdb.is.tue.mpg.de) and VIP_Fine (Video Instance-level
+Parsing; the authors' notebook says where to get it).
 Each run writes CSVs (and with --save_masks the predicted masks) into --out_dir, by default
-out/labelprop/<task>-<model>-<features>. Data layouts, each checked whole before any model work:
+out/labelprop/<task>-<model>-<features>-<resolution>. Data layouts, each checked whole before any model work:
     DAVIS  JPEGImages/480p/<seq>/*.jpg, Annotations/480p/<seq>/*.png (palette), ImageSets/2017/val.txt
     VIP    Images/<video>/*.jpg, Annotations/Category_ids/<video>/*.png, lists/val_videos.txt
     JHMDB  Rename_Images/<class>/<video>/*.png, joint_positions/<class>/<video>/joint_positions.mat,
@@ -634,7 +638,7 @@ def parse_args(argv=None):
     p.add_argument("--long_horizon", action="store_true", help="DAVIS: paper Fig. 4 (the first 16..80 frames)")
     p.add_argument("--horizons", default="16,32,48,64,80", help="frame counts for --long_horizon")
     p.add_argument("--out_dir", help="folder for the CSVs, masks and plots (default out/labelprop/<task>-<model>-"
-                   "<features>)")
+                   "<features>-<resolution>)")
     p.add_argument("--save_masks", action="store_true", help="DAVIS/VIP: write the predicted masks as PNGs")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -643,7 +647,8 @@ def parse_args(argv=None):
     args.topk = args.topk or TASKS[args.task]["topk"]
     args.resolution = tuple(args.resolution or TASKS[args.task]["resolution"])
     model_name = Path(args.ckpt).stem if args.ckpt else f"untrained-{Path(args.untrained).stem}"
-    args.out_dir = args.out_dir or os.path.join("out", "labelprop", f"{args.task}-{model_name}-{args.features}")
+    args.out_dir = args.out_dir or os.path.join("out", "labelprop", f"{args.task}-{model_name}-{args.features}-"
+                                                f"{args.resolution[0]}x{args.resolution[1]}")
     if args.n_context < 0 or args.topk < 1 or args.temperature <= 0:
         raise ValueError("need --n_context >= 0, --topk >= 1 and --temperature > 0")
     return args
@@ -678,7 +683,11 @@ def main(argv=None):
     else:
         model = load_model(args.ckpt)
     model = model.to(args.device)
-    _grid(args.resolution, model.config.patch_size)
+    h, w = _grid(args.resolution, model.config.patch_size)
+    if h * w > 16384:  # label_propagation keeps an N x N neighbourhood mask: N = 16384 is 256 MB already
+        raise ValueError(f"--resolution {args.resolution[0]} {args.resolution[1]} with this model's patch size "
+                         f"{model.config.patch_size} is {h * w} tokens per frame: far too many for label propagation "
+                         "(the paper's 480x880 at patch 16 is 1650); lower --resolution")
     extract = model_features(model, args.features, args.device)
     prop = dict(n_context=args.n_context, temperature=args.temperature, topk=args.topk, radius=args.radius,
                 device=args.device)

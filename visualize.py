@@ -1,8 +1,8 @@
 """Look at what RVM's features see: PCA and K-means of a whole video's patch features (supplement
 §13), and the white-noise square of §4.4 (Fig. 6), scored.
 
-    python visualize.py --video=clip.mp4 --ckpt=out/rvm-s/ckpt.pt     # a video file or a folder of frames
-    python visualize.py --video=frames/ --ckpt=rvm_l.npz              # the authors' released weights
+    python visualize.py --video=clip.mp4 --ckpt=out/rvm-s/ckpt.pt     # a video file of yours
+    python visualize.py --video=frames/ --ckpt=rvm_l.npz              # a folder of frames; the authors' weights
     python visualize.py --demo --ckpt=out/noise_square/ckpt.pt        # the noise square, scored
     python visualize.py --demo --ckpt=rvm_l.npz                       # Fig. 6: 512 x 512, T = 64
 
@@ -251,8 +251,11 @@ def write_strip(path, video, rgb, labels, which, title="", masks=None):
             ax = axes[r, c]
             extent = (-0.5, video.shape[-1] - 0.5, video.shape[-2] - 0.5, -0.5)  # feature maps stretched to the frame
             ax.imshow(images[t], interpolation="nearest", extent=extent)
-            if masks is not None:  # the true square
-                ax.contour(masks[t].float().numpy(), levels=[0.5], colors="white", linewidths=0.8)
+            if masks is not None:  # the true square's outline, along pixel borders (8x nearest, zero-padded)
+                up = F.pad(F.interpolate(masks[t].float()[None, None], scale_factor=8)[0, 0], (1, 1, 1, 1))
+                ys, xs = ((np.arange(n) - 0.5) / 8 - 0.5 for n in up.shape)
+                ax.contour(xs, ys, up.numpy(), levels=[0.5], colors="white", linewidths=0.8)
+                ax.set(xlim=extent[:2], ylim=extent[2:])
             ax.set(xticks=[], yticks=[])
             ax.set_title(f"t = {t}" if r == 0 else "", fontsize=9)
             ax.set_ylabel(name if c == 0 else "", fontsize=9)
@@ -291,7 +294,8 @@ def parse_args(argv=None):
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--ckpt", help="weights: a train.py checkpoint (.pt) or the authors' .npz")
     weights.add_argument("--untrained", metavar="CONFIG", help="a randomly initialised model of a config's size")
-    p.add_argument("--out_dir", help="where the pictures go (default out/visualize/<model>)")
+    p.add_argument("--out_dir", help="where the pictures go (default out/visualize/<model>; files are named after "
+                   "the video, or the stimulus's size, length and seed)")
     p.add_argument("--image_size", type=int, help="frames resized to this square size (default: as they are, cut "
                    "to whole patches; the stimulus: a .pt's training size, else 512 as the authors' demo)")
     p.add_argument("--frames", type=int, help="the stimulus's length (default 64), or the most frames read")
@@ -349,9 +353,13 @@ def main(argv=None):
             raise ValueError(f"--image_size={size} is not a multiple of the patch size {P}")
         video_u8, masks = noise_square_video(args.frames or 64, size, args.square, args.speed, args.direction,
                                              args.seed)
-        video, name = video_u8.float() / 255, "noise_square"
+        video, name = video_u8.float() / 255, f"noise_square_{size}px_{len(video_u8)}f_seed{args.seed}"
     else:
         video, masks, name = load_video(args.video, P, args.image_size, args.frames), None, Path(args.video).stem
+    tokens = video.shape[-2] * video.shape[-1] // P ** 2
+    if tokens > 16384:
+        print(f"visualize.py: warning: {tokens} tokens per frame at {video.shape[-2]}x{video.shape[-1]} with patch {P}:"
+              " this will be slow; --image_size sets a smaller frame", file=sys.stderr)
     features = unroll(model, video, "core", args.device)  # once, for the table and the pictures
     if args.demo:
         first = min(4, len(video) - 1)

@@ -260,7 +260,7 @@ def test_demo_prints_the_table_and_outlines_the_square(tmp_path, capsys, monkeyp
             "core minus the best other row"]
     assert [any(r in line for line in lines[3:9]) for r in rows] == [True] * 6  # ... then the five rows
     assert len(lines) == 10  # and no per-frame table unless asked for
-    gif = check_outputs(tmp_path, "noise_square", T=10, H=64, W=64)
+    gif = check_outputs(tmp_path, "noise_square_32px_10f_seed0", T=10, H=64, W=64)
     # the true square is outlined in white on every panel: frame 0's square spans columns 0..15
     # (0..31 at scale 2) and rows 8..23 (16..47)
     assert (gif[0, 16, 0:32, :3] > 240).all() and (gif[0, 16, 64 * 2:64 * 2 + 32, :3] > 240).all()
@@ -272,4 +272,4 @@ def test_demo_prints_the_table_and_outlines_the_square(tmp_path, capsys, monkeyp
 def test_demo_with_data_py_stimulus(tmp_path, capsys):
     vis.main(["--demo", tiny_config(tmp_path, P=8), "--image_size=64", "--frames=16", f"--out_dir={tmp_path}"])
     assert "control: patch positions only" in capsys.readouterr().out
-    check_outputs(tmp_path, "noise_square", T=16, H=256, W=256)
+    check_outputs(tmp_path, "noise_square_64px_16f_seed0", T=16, H=256, W=256)
