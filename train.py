@@ -26,9 +26,11 @@ import builtins
 import contextlib
 import copy
 import difflib
+import fcntl
 import json
 import math
 import os
+import socket
 import sys
 import threading
 import time
@@ -81,6 +83,7 @@ compile = False  # torch.compile the model
 peak_flops_per_device = 0.0  # the FLOP/s that MFU is counted against; 0: model.peak_flops's figure
 threads = 0  # torch CPU threads per process; 0: torch's default. Tiny models run fastest on 1
 seed = 0  # seeds the data, the masks and the initial weights
+allow_changes = ""  # settings a resume may change from the checkpoint's, e.g. 'learning_rate,max_steps'
 # -- model: every field of model.RVMConfig, same name, same default (RVM-S, Table 5)
 globals().update({f.name: f.default for f in fields(RVMConfig)})
 # -----------------------------------------------------------------------------------------------
@@ -259,8 +262,6 @@ if device == "xla":
     if sharding == "fsdp" and distributed:
         fail("sharding='fsdp' (FSDP2) does not run on XLA; use --sharding=ddp")
 ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
-if init_from == "resume" and not os.path.isfile(ckpt_path):
-    fail(f"init_from='resume' but {ckpt_path} does not exist (set out_dir to the run to continue)")
 if init_from not in ("scratch", "resume") and not os.path.isfile(init_from):
     fail(f"init_from={init_from!r}: no such file (expected 'scratch', 'resume' or a .pt or .npz checkpoint)")
 try:
@@ -286,32 +287,88 @@ if distributed:
 else:
     sharding = "none"  # one process: nothing to shard or synchronise
 
-# Resuming: the checkpoint is read first, to know where the data stops and to refuse another model.
-start_step, ckpt = 0, None
+
+def stop_together(error):
+    """Every rank stops if any rank met an error (rank 0 naming them all), so none is left waiting."""
+    if distributed:
+        errors = [None] * world_size
+        dist.all_gather_object(errors, error)
+        error = "; ".join(sorted({e for e in errors if e})) or None
+    if error:
+        fail(error)
+
+
+def take_out_dir():
+    """An out_dir belongs to one run: rank 0 holds out_dir/lock (flock) for the run's whole life, and a
+    second run stops at once, naming the holder. The kernel drops a lock when its process dies, so the
+    lock of a killed run is simply taken over. Returns an error message, or None."""
+    global lock_file
+    lock_file = open(os.path.join(out_dir, "lock"), "a+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock_file.seek(0)
+        return (f"{out_dir} is in use by another training run ({lock_file.read().strip() or 'holder unknown'}): "
+                "wait for it to end or stop it, or choose another out_dir")
+    return None
+
+
+stop_together(take_out_dir() if master else None)
+if init_from != "resume" and os.path.exists(ckpt_path):
+    fail(f"{out_dir} holds a run ({ckpt_path}); a new one would overwrite it. --init_from=resume continues it; "
+         "to start afresh, choose another out_dir (or delete that checkpoint)")
+if init_from == "resume" and not os.path.isfile(ckpt_path):
+    fail(f"init_from='resume' but {ckpt_path} does not exist (set out_dir to the run to continue)")
+if master:  # out_dir is this run's now: say whose, and clear what a crash left half-written
+    lock_file.truncate(0)
+    lock_file.write(f"train.py, pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M')}")
+    lock_file.flush()
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(ckpt_path + ".tmp")
+
+# Resuming: the checkpoint is read first, to know where the data stops and what was trained. A resume
+# continues exactly what was trained, so every setting that changes it must be the checkpoint's,
+# unless allow_changes names it. The rest (where to log, how often, on what hardware) may change.
+OPERATIONAL = {"out_dir", "init_from", "log_interval", "eval_interval", "ckpt_interval", "num_workers", "device",
+               "sharding", "compile", "peak_flops_per_device", "threads", "grad_checkpoint", "allow_changes",
+               "max_steps"}  # max_steps counts through lr_decay_steps: the cosine's length
+
+
+def recipe(config):
+    out = {k: json.dumps(v) for k, v in config.items() if k not in OPERATIONAL}  # json: a tuple equals a list
+    out["lr_decay_steps"] = str(config.get("lr_decay_steps") or config.get("max_steps"))
+    return out
+
+
+start_step, ckpt, changed = 0, None, {}
 if init_from == "resume":
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 -- any unreadable file gets the same clear message
-        fail(f"{ckpt_path}: not a readable checkpoint ({type(err).__name__}: {err})")
-    differ = {k: (v, getattr(model_config, k)) for k, v in ckpt["model_config"].items()
-              if k != "grad_checkpoint" and getattr(model_config, k, None) != v}
-    if differ:
-        fail(f"{ckpt_path} holds another model; settings that differ (checkpoint vs now): "
-             + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in differ.items())
-             + ". Use the checkpoint's settings, or another out_dir to start afresh.")
+        assert {"model", "optimizer", "step", "config", "data"} <= set(ckpt)
+    except Exception:  # noqa: BLE001 -- empty, truncated, or not ours: one message
+        fail(f"{ckpt_path} ({os.path.getsize(ckpt_path)} bytes) is not a readable train.py checkpoint: empty, "
+             "damaged, or another kind of file. Restore it, or start afresh in another out_dir")
+    before, now = recipe(ckpt["config"]), recipe(settings)
+    changed = {k: [before.get(k), now[k]] for k in now if before.get(k) != now[k]}
+    allowed = set(allow_changes.split(","))
+    allowed |= {"lr_decay_steps"} if "max_steps" in allowed else set()
+    refused = sorted(set(changed) - allowed)
+    if refused:
+        fail(f"{ckpt_path} was trained with other settings: " + ", ".join(f"{k} {changed[k][0]} -> {changed[k][1]}"
+             for k in refused) + " (lr_decay_steps follows max_steps when it is 0). To continue exactly, use the "
+             f"checkpoint's settings; to change them, name them: --allow_changes={','.join(refused)}")
     start_step = ckpt["step"]
+    if start_step >= max_steps:
+        print(f"train.py: {ckpt_path} is at step {start_step}, max_steps={max_steps}: nothing to do")
+        os._exit(0)
 
 # Data: this rank's slots, each its own stream (see the top of this file), from where the checkpoint left
 # it. uint8 frames travel to the device and become floats in [0, 1] there.
 from data import ClipDataset, make_loader  # noqa: E402 -- after the checks: a bad setting fails fast
 
-examples_per_slot = start_step * micro_batch
+examples_per_slot = start_step * micro_batch  # (an allowed change of batch split: the examples, re-split)
 if ckpt is not None and (ckpt["data"]["micro_batch"], ckpt["data"]["slots"]) != (micro_batch, n_slots):
     examples_per_slot = ckpt["data"]["examples"] // n_slots
-    if master:
-        print(f"train.py: warning: the checkpoint's data was split into {ckpt['data']['slots']} slots of "
-              f"{ckpt['data']['micro_batch']}, now {n_slots} of {micro_batch}: the data continues, but not "
-              "as an uninterrupted run would have", file=sys.stderr)
 slots = range(rank * grad_accum, (rank + 1) * grad_accum)
 if distributed and local_rank != 0:
     dist.barrier()  # local rank 0 lists the folders first: data.py caches what it finds
@@ -449,11 +506,18 @@ def save_checkpoint(step):
     ckpt = {"model": model_state, "model_config": asdict(model_config), "optimizer": optim_state, "step": step,
             "config": settings, "world_size": world_size,
             "data": {"slots": n_slots, "micro_batch": micro_batch, "examples": step * batch_size}}
-    with open(ckpt_path + ".tmp", "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(ckpt_path + ".tmp", ckpt_path)
+    try:
+        with open(ckpt_path + ".tmp", "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(ckpt_path + ".tmp", ckpt_path)
+    except (OSError, RuntimeError) as err:  # a full disk, say: the last good checkpoint stays as it is
+        with contextlib.suppress(OSError):
+            os.remove(ckpt_path + ".tmp")
+        return (f"could not write {ckpt_path} at step {step} ({str(err).splitlines()[0]}); is the disk full? "
+                + (f"The last checkpoint (step {last_saved}) is kept: make room, then --init_from=resume"
+                   if last_saved is not None else "No checkpoint was written"))
 
 
 last_saved = start_step if init_from == "resume" else None  # the step of this run's newest checkpoint
@@ -464,8 +528,7 @@ def plot_loss(path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(log_path) as f:
-        rows = [json.loads(line) for line in f]
+    rows = [r for r in log_rows(log_path) if "loss" in r]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
     ax.set(xlabel="step", ylabel="loss (pixel MSE)", yscale="log", title=f"{out_dir}: training loss")
@@ -500,17 +563,22 @@ def plot_reconstruction(path, source, target, reconstruction, mask, deltas, step
 
 
 # Logs: a progress bar and out_dir/log.jsonl on rank 0. Resuming drops the lines after the checkpoint.
+def log_rows(path):
+    """The rows of log.jsonl; a last line cut short by a crash is left out."""
+    rows = []
+    with open(path) as f:
+        for line in filter(str.strip, f):
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line))
+    return rows
+
+
 if master:
-    if init_from == "resume" and os.path.exists(log_path):
-        with open(log_path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
-        with open(log_path, "w") as f:
-            f.writelines(kept)
-    else:
-        if os.path.exists(ckpt_path):
-            print(f"train.py: warning: {ckpt_path} exists and will be overwritten by this new run "
-                  "(--init_from=resume continues it)", file=sys.stderr)
-        open(log_path, "w").close()
+    rows = [r for r in log_rows(log_path) if r["step"] <= start_step] if init_from == "resume" and os.path.exists(
+        log_path) else []
+    rows += [{"step": start_step, "resumed_with_changes": changed}] if changed else []  # what the user allowed
+    with open(log_path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
     print(f"RVM {n_params / 1e6:.1f}M parameters, {flops_per_example / 1e9:.2f} GFLOPs per example | "
           f"device {dev}, {dtype}, sharding {sharding}, {world_size} process(es) | global batch {batch_size} = "
           f"{world_size} x {grad_accum} micro-batches x {micro_batch} | peak lr {peak_lr:.3g} | "
@@ -560,7 +628,7 @@ while step < max_steps:
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):  # stop before saving it
             steps = f"step {step}" if step == step_log + 1 else f"steps {step_log + 1}..{step}"
             fail(f"{steps}: loss {loss_value}, gradient norm {norm_value}: not finite. "
-                 + (f"The last good checkpoint, {ckpt_path} (step {last_saved}), is kept: lower the learning rate "
+                 + (f"The last checkpoint, {ckpt_path} (step {last_saved}), is kept: lower the learning rate "
                     "or check the data, then --init_from=resume." if last_saved is not None else
                     "No checkpoint was written: lower the learning rate or check the data, and start again."))
         elapsed, t_log = time.perf_counter() - t_log, time.perf_counter()
@@ -569,18 +637,24 @@ while step < max_steps:
         if master:
             row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": norm_value, "examples": step * batch_size,
                    "examples_per_s": examples_per_s, "mfu": mfu, "skipped_videos": skipped_videos}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            try:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as err:  # a full disk stops the run at the next checkpoint, not here
+                progress.write(f"train.py: warning: could not write {log_path}: {err}")
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", ex_s=f"{examples_per_s:.1f}",
                                  mfu="n/a" if mfu is None else f"{100 * mfu:.1f}%")
         loss_total.zero_(), grad_norm_max.zero_()
         step_log = step
     t_pause = time.perf_counter()
     if plotting:
-        plot_loss(os.path.join(out_dir, "loss.png"))
-        plot_reconstruction(os.path.join(out_dir, "reconstruction.png"), *example, step)
+        try:
+            plot_loss(os.path.join(out_dir, "loss.png"))
+            plot_reconstruction(os.path.join(out_dir, "reconstruction.png"), *example, step)
+        except OSError as err:
+            progress.write(f"train.py: warning: could not write the pictures in {out_dir}: {err}")
     if saving:
-        save_checkpoint(step)
+        stop_together(save_checkpoint(step))
         last_saved = step
     t_log += time.perf_counter() - t_pause  # examples/s and MFU count training time only
 

@@ -273,3 +273,24 @@ def test_demo_with_data_py_stimulus(tmp_path, capsys):
     vis.main(["--demo", tiny_config(tmp_path, P=8), "--image_size=64", "--frames=16", f"--out_dir={tmp_path}"])
     assert "control: patch positions only" in capsys.readouterr().out
     check_outputs(tmp_path, "noise_square_64px_16f_seed0", T=16, H=256, W=256)
+
+
+def test_bad_videos_and_weights_are_one_line_on_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    path, _, _ = write_test_video(tmp_path)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    (tmp_path / "cut.mp4").write_bytes(path.read_bytes()[:300])
+    (tmp_path / "cut.npz").write_bytes((REFERENCE / "official_micro_a.npz").read_bytes()[:5000])
+    cases = [([f"--video={tmp_path / name}", tiny_config(tmp_path)], f"{name}: not a readable video")
+             for name in ("empty.mp4", "text.mp4", "cut.mp4")]
+    cases += [([f"--video={path}", f"--ckpt={tmp_path / 'cut.npz'}"], "cut.npz: not a readable .npz"),
+              ([f"--video={path}", f"--ckpt={tmp_path / 'none.pt'}"], "none.pt: no such checkpoint")]
+    for args, message in cases:
+        out = subprocess.run([sys.executable, str(ROOT / "visualize.py"), *args, f"--out_dir={tmp_path / 'o'}"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1 and message in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
