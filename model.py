@@ -17,6 +17,7 @@ and [B, T, 3, H, W] per video. P is the patch size, N = (H/P)(W/P) patch tokens,
 width. Every token set carries a CLS token in front, so a frame has N + 1 tokens.
 """
 
+import functools
 import math
 import time
 from dataclasses import dataclass, fields
@@ -180,14 +181,13 @@ class CrossAttentionBlock(nn.Module):
 def run_blocks(blocks, x, *args, grad_checkpoint=False):
     """x through each block; with grad_checkpoint, each block's activations are recomputed in the
     backward pass instead of stored (the core's backpropagation through time fills memory, §5)."""
-    recompute = checkpoint
-    if grad_checkpoint and x.device.type == "xla":  # XLA's own: torch's recomputation can be merged away
-        from torch_xla.utils.checkpoint import checkpoint as recompute
+    recompute = None
+    if grad_checkpoint and torch.is_grad_enabled():
+        recompute = functools.partial(checkpoint, use_reentrant=False)
+        if x.device.type == "xla":  # torch_xla's own: XLA could merge torch's recomputation away
+            from torch_xla.utils.checkpoint import checkpoint as recompute
     for block in blocks:
-        if grad_checkpoint and torch.is_grad_enabled():
-            x = recompute(block, x, *args, use_reentrant=False)
-        else:
-            x = block(x, *args)
+        x = recompute(block, x, *args) if recompute else block(x, *args)
     return x
 
 

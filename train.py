@@ -256,11 +256,19 @@ if device == "cuda" and not torch.cuda.is_available():
 if device == "xla":
     try:
         import torch_xla
+        import torch_xla.core.xla_model as xm
+        import torch_xla.debug.metrics as xla_metrics
         import torch_xla.distributed.xla_backend  # noqa: F401 -- registers the 'xla' process-group backend
+        import torch_xla.runtime as xr
     except ImportError:
         fail("device='xla' needs torch_xla, which is not installed (README: 'On TPUs')")
     if sharding == "fsdp" and distributed:
-        fail("sharding='fsdp' (FSDP2) does not run on XLA; use --sharding=ddp")
+        fail("sharding='fsdp' on XLA is SPMD: one process over all its devices; start it with python, not torchrun "
+             "(or use --sharding=ddp, one process per device)")
+if distributed and sharding == "none":
+    fail(f"sharding='none' with {world_size} processes would train {world_size} unsynchronised copies; "
+         "use fsdp or ddp")
+spmd = device == "xla" and sharding == "fsdp"  # XLA's sharding: the compiler splits one program over the devices
 ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
 if init_from not in ("scratch", "resume") and not os.path.isfile(init_from):
     fail(f"init_from={init_from!r}: no such file (expected 'scratch', 'resume' or a .pt or .npz checkpoint)")
@@ -271,28 +279,37 @@ except OSError as err:
 if threads:
     torch.set_num_threads(threads)
 
-# One device per process: cuda:LOCAL_RANK on a GPU node, the CPU (gloo) on a laptop or in CI.
+# One device per process: cuda:LOCAL_RANK on a GPU node, the CPU (gloo) on a laptop or in CI; on XLA
+# the process group comes first, then the device, as torch_xla asks.
+backend = {"cuda": "nccl", "xla": "xla"}.get(device, "gloo")
 if device == "cuda":
-    dev, backend = torch.device("cuda", local_rank), "nccl"
-    torch.cuda.set_device(dev)
-elif device == "xla":
-    dev, backend = torch_xla.device(), "xla"
-else:
-    dev, backend = torch.device("cpu"), "gloo"
+    torch.cuda.set_device(local_rank)
+if device == "xla":
+    if spmd:
+        xr.use_spmd()  # before any XLA tensor exists
+    if os.environ.get("PJRT_DEVICE", "CPU") != "CPU":  # the CPU runtime cannot read its cache back
+        xr.initialize_cache(os.path.join(out_dir, "xla_cache"))  # a resume starts without recompiling
 if distributed:
-    if backend == "xla":
-        dist.init_process_group("xla", init_method="xla://")
-    else:
-        dist.init_process_group(backend, device_id=dev if backend == "nccl" else None)
-else:
+    dist.init_process_group(backend, **({"init_method": "xla://"} if device == "xla" else {}))
+    if dist.get_world_size() != world_size:
+        fail(f"torchrun started {world_size} processes, but the {backend} process group holds "
+             f"{dist.get_world_size()}: they would train unsynchronised copies (torch_xla's CPU runtime runs each "
+             "process alone; there, use one process with --sharding=fsdp over its devices)")
+elif not spmd:
     sharding = "none"  # one process: nothing to shard or synchronise
+dev = torch.device("cuda", local_rank) if device == "cuda" else torch_xla.device() if device == "xla" else \
+    torch.device("cpu")
 
 
 def stop_together(error):
-    """Every rank stops if any rank met an error (rank 0 naming them all), so none is left waiting."""
+    """Every rank stops if any rank met an error (rank 0 naming them all), so none is left waiting.
+    (On XLA through torch_xla's host rendezvous: its process group carries XLA tensors only.)"""
     if distributed:
-        errors = [None] * world_size
-        dist.all_gather_object(errors, error)
+        if device == "xla":
+            errors = [p.decode() or None for p in xm.rendezvous("stop_together", (error or "").encode())]
+        else:
+            errors = [None] * world_size
+            dist.all_gather_object(errors, error)
         error = "; ".join(sorted({e for e in errors if e})) or None
     if error:
         fail(error)
@@ -410,6 +427,9 @@ def next_batch(m):
         fail(f"data error in slot {slots[m]}: {lines[-1] if lines else repr(err)}", all_ranks=True)
     skipped_videos += int(batch["skipped"].sum())
     source, target = (batch[k].to(dev, non_blocking=True).float() / 255 for k in ("source", "target"))
+    if spmd:  # each device takes its share of the micro-batch
+        for x in (source, target):
+            xs.mark_sharding(x, mesh, ("fsdp",) + (None,) * (x.ndim - 1))
     return source, target, batch["deltas"]
 
 
@@ -446,7 +466,7 @@ raw_model = model.to(dev)  # the module whose parameters the optimizer holds and
 # then the root: a block's weights are gathered just before it runs. Under bf16 they are gathered in
 # bf16 and the gradients reduced in float32; the sharded master weights stay float32. Inputs are not
 # cast (the loss compares with exact float32 targets); autocast decides each op's precision.
-if sharding == "fsdp":
+if sharding == "fsdp" and not spmd:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -458,10 +478,31 @@ if sharding == "fsdp":
         blocks += list(model.rnn_core.transformer.xa_blocks)
     for block in blocks + [model]:
         fully_shard(block, mesh=mesh, mp_policy=mp_policy)
+if spmd:  # FSDP as XLA does it (torch_xla's FSDPv2): each weight split along its largest dimension over a
+    # mesh of all devices, the batch along its first; the compiler inserts the gathers, and the optimizer
+    # state, made like the weights, is split the same way.
+    import torch_xla.distributed.spmd as xs
+
+    n_devices = xr.global_runtime_device_count()
+    if micro_batch % n_devices:
+        fail(f"micro_batch={micro_batch} must be a multiple of the {n_devices} XLA devices it is split over")
+    mesh = xs.Mesh(np.arange(n_devices), (n_devices,), ("fsdp",))
+
+    def shard_like_weight(t):
+        largest = max(range(t.ndim), key=lambda d: t.shape[d])
+        xs.mark_sharding(t, mesh, tuple("fsdp" if d == largest else None for d in range(t.ndim)))
+
+    for p in raw_model.parameters():
+        shard_like_weight(p)
+    example_name, example = max(raw_model.named_parameters(), key=lambda kv: kv[1].numel())
+    print(f"SPMD over {n_devices} XLA devices: every weight split along its largest dimension, e.g. {example_name} "
+          f"{list(example.shape)} as " + " + ".join(str(list(s.data.shape)) for s in xs.XLAShardedTensor(example)
+                                                   .local_shards))
 if compile:
-    model = torch.compile(model)
-if sharding == "ddp":
-    model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device == "cuda" else None)
+    model = torch.compile(model, backend="openxla" if device == "xla" else "inductor")
+if sharding == "ddp":  # on XLA, as torch_xla's docs advise: gradients as views of the buckets
+    model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device == "cuda" else None,
+                                                      gradient_as_bucket_view=device == "xla")
 autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
 # AdamW (§4.1) with decoupled weight decay on the weight matrices (linear and conv kernels) only.
@@ -475,6 +516,11 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 if ckpt is not None:  # the file holds full state dicts; set_state_dict shards them again
     set_state_dict(raw_model, optimizer, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"],
                    options=StateDictOptions(full_state_dict=True))
+    if spmd:  # loaded optimizer state arrives whole: split it as its weight is
+        for state in optimizer.state.values():
+            for t in state.values():
+                if t.ndim:
+                    shard_like_weight(t)
     del ckpt  # the mmap'd file is no longer needed
 
 decay_steps = lr_decay_steps or max_steps
@@ -593,6 +639,7 @@ from tqdm import tqdm  # noqa: E402
 progress = tqdm(total=max_steps, initial=start_step, disable=not master, dynamic_ncols=True, unit="step")
 step, t_log, step_log = start_step, time.perf_counter(), start_step
 loss_total, grad_norm_max = torch.zeros((), device=dev), torch.zeros((), device=dev)
+xla_counts = [0, 0]  # XLA graphs executed and compiled so far
 while step < max_steps:
     lr = get_lr(step)
     for group in optimizer.param_groups:
@@ -607,8 +654,8 @@ while step < max_steps:
                 loss, reconstruction, mask = model(source, target, deltas, mask_perm=mask_permutation(step, slots[m]))
             (loss / grad_accum).backward()
         loss_total += loss.detach() / grad_accum
-        if plotting and m == 0:
-            example = [x[0].detach().cpu() for x in (source, target, reconstruction.float(), mask, deltas)]
+        if plotting and m == 0:  # kept on the device: copied out after the step, not in the middle of it
+            example = [x[0].detach() for x in (source, target, reconstruction.float(), mask, deltas)]
     grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip if grad_clip > 0 else math.inf)
     grad_norm_max = torch.maximum(grad_norm_max, grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor")
                                   else grad_norm)  # a DTensor under FSDP2
@@ -637,6 +684,13 @@ while step < max_steps:
         if master:
             row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": norm_value, "examples": step * batch_size,
                    "examples_per_s": examples_per_s, "mfu": mfu, "skipped_videos": skipped_videos}
+            if device == "xla":  # graphs run per step and compilations since the last line: 1 and 0 when steady
+                xm.wait_device_ops()
+                counts = [sum((xla_metrics.metric_data(k) or [0])[0] for k in keys) for keys in
+                          (("ExecuteTime", "ExecuteReplicatedTime"), ("CompileTime",))]
+                row.update(xla_graphs_per_step=(counts[0] - xla_counts[0]) / (step - step_log),
+                           xla_compiles=counts[1] - xla_counts[1])
+                xla_counts = counts
             try:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -650,7 +704,7 @@ while step < max_steps:
     if plotting:
         try:
             plot_loss(os.path.join(out_dir, "loss.png"))
-            plot_reconstruction(os.path.join(out_dir, "reconstruction.png"), *example, step)
+            plot_reconstruction(os.path.join(out_dir, "reconstruction.png"), *[x.cpu() for x in example], step)
         except OSError as err:
             progress.write(f"train.py: warning: could not write the pictures in {out_dir}: {err}")
     if saving:
