@@ -1,7 +1,7 @@
 """Speed and memory of rvm, side by side with what a user would pick instead. Settings: --name=value.
 
     python bench.py                                   # every section: a table on stdout and bench.json
-    python bench.py --only=train --compile            # some sections; also a torch.compile'd training step
+    python bench.py --only=train --compile --bf16_weights --batch=128   # the training step's variants
     python bench.py --quick                           # smaller sizes: a smoke run
 
 Every figure is a rate or a ratio measured in this run on this machine (docs/bench.md keeps the runs):
@@ -18,6 +18,7 @@ Every figure is a rate or a ratio measured in this run on this machine (docs/ben
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -89,18 +90,34 @@ def bench_encoder(args):
     return out
 
 
+def bf16_weights(model):
+    """FSDP2 on a world of one: weights kept in float32 and cast to bf16 once per step, block by block, for
+    the compute; no autocast, so none of its per-op casts (44 ms of a 292 ms RVM-B step, docs/bench.md)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if GPU else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in [*model.encoder.layers, *model.rnn_core.transformer.xa_blocks, *model.decoder.xa_blocks, model]:
+        fully_shard(block, mp_policy=policy)
+    return model
+
+
 def bench_train(args):
     name, res, batch = ("b", 256, 64) if GPU else ("s", 128, 2)
     res, batch = args.image_size or res, args.batch or batch
-    model = RVM(size(name)).to(DEVICE)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=GPU)
     source, target = torch.rand(batch, 4, 3, res, res, device=DEVICE), torch.rand(batch, 4, 3, res, res, device=DEVICE)
     deltas = torch.randint(7, 52, (batch, 4))
     peak = peak_flops(DEVICE, DTYPE)
     out = {"config": f"configs/{name}.py", "resolution": res, "batch": batch, "peak_tflops": peak / 1e12}
-    for mode, net in [("eager", model)] + ([("compiled", torch.compile(model))] if args.compile else []):
-        def step(net=net):
-            with autocast():
+    modes = ["eager"] + ["compiled"] * args.compile + ["bf16_weights"] * args.bf16_weights
+    for mode in modes:  # each from a fresh model and optimizer (fused AdamW on a GPU)
+        model = RVM(size(name)).to(DEVICE)
+        net = torch.compile(model) if mode == "compiled" else bf16_weights(model) if mode == "bf16_weights" else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=GPU)
+
+        def step(net=net, opt=opt, cast=mode != "bf16_weights"):
+            with autocast() if cast else contextlib.nullcontext():
                 loss = net(source, target, deltas)[0]
             loss.backward()
             opt.step()
@@ -198,6 +215,7 @@ def main():
     p.add_argument("--image_size", type=int, help="every section's resolution")
     p.add_argument("--batch", type=int, help="the training step's batch")
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd training step")
+    p.add_argument("--bf16_weights", action="store_true", help="also time FSDP2's bf16 weights instead of autocast")
     p.add_argument("--videos", help="a folder of videos for the data section (default: written here)")
     p.add_argument("--json", default="bench.json", help="where the results go")
     p.add_argument("--child", help=argparse.SUPPRESS)

@@ -646,7 +646,9 @@ def parse_args(argv=None):
     args.horizons = sorted(int(n) for n in args.horizons.split(",")) if args.long_horizon else None
     args.topk = args.topk or TASKS[args.task]["topk"]
     args.resolution = tuple(args.resolution or TASKS[args.task]["resolution"])
-    model_name = Path(args.ckpt).stem if args.ckpt else f"untrained-{Path(args.untrained).stem}"
+    ckpt = Path(args.ckpt or "")
+    model_name = (ckpt.parent.name if ckpt.stem == "ckpt" else ckpt.stem) if args.ckpt else \
+        f"untrained-{Path(args.untrained).stem}"
     args.out_dir = args.out_dir or os.path.join("out", "labelprop", f"{args.task}-{model_name}-{args.features}-"
                                                 f"{args.resolution[0]}x{args.resolution[1]}")
     if args.n_context < 0 or args.topk < 1 or args.temperature <= 0:

@@ -23,7 +23,7 @@ TOY = {"train.py": "--max_steps=2 --batch_size=2 --micro_batch=1 --num_workers=0
                    "--eval_interval=1 --dtype=float32",
        "eval_labelprop.py": "--max_frames=4",
        "visualize.py": "--frames=6",
-       "bench.py": "--quick --json=bench.json"}
+       "bench.py": "--quick --json=bench.json --batch=2 --image_size=32"}
 
 
 def documented_commands():
