@@ -135,7 +135,7 @@ def test_motion_ceiling_known_answers():
 
 
 def toy_stimulus(T=8, size=32, S=16, seed=0):
-    """A square of its own noise sliding right over a static noise background (SPEC §2)."""
+    """A square of its own noise sliding right over a static noise background."""
     rng = np.random.default_rng(seed)
     bg = rng.integers(0, 256, (3, size, size), dtype=np.uint8)
     sq = rng.integers(0, 256, (3, S, S), dtype=np.uint8)
