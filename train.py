@@ -397,12 +397,7 @@ except (ValueError, OSError) as err:
     data_error = f"data={data!r}: {err}"
 if distributed and local_rank == 0:
     dist.barrier()
-if distributed:  # every rank stops on any rank's data error, rank 0 naming them all (no rank left waiting)
-    errors = [None] * world_size
-    dist.all_gather_object(errors, data_error)
-    data_error = "; ".join(sorted({e for e in errors if e})) or None
-if data_error:
-    fail(data_error)
+stop_together(data_error)
 
 
 def slot_loader(slot):
