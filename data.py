@@ -224,16 +224,20 @@ def _decode(path, want, by_pts):
 
 
 def count_frames(path):
-    """Frames in a video file or frame folder. A video whose first frame cannot be decoded raises."""
+    """Frames in a video file or frame folder; a video whose first frame does not decode is a ValueError
+    naming the file, as in read_frames."""
     if os.path.isdir(path):
         return len(image_names(path))
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        next(container.decode(stream))  # a file whose header is fine but whose data is not fails here
-        n = stream.frames
-    if n <= 0:  # no count in the header (webm, mkv): count packets, which needs no decoding
+    try:
         with av.open(path) as container:
-            n = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+            stream = container.streams.video[0]
+            next(container.decode(stream))  # a file whose header is fine but whose data is not fails here
+            n = stream.frames
+        if n <= 0:  # no count in the header (webm, mkv): count packets, which needs no decoding
+            with av.open(path) as container:
+                n = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+    except (av.error.FFmpegError, IndexError, OSError, StopIteration) as err:
+        raise ValueError(f"{path}: not a readable video ({type(err).__name__}: {err})") from None
     return n
 
 

@@ -285,8 +285,8 @@ def test_bad_videos_and_weights_are_one_line_on_the_command_line(tmp_path):
     (tmp_path / "text.mp4").write_text("not a video\n")
     (tmp_path / "cut.mp4").write_bytes(path.read_bytes()[:300])
     (tmp_path / "cut.npz").write_bytes((REFERENCE / "official_micro_a.npz").read_bytes()[:5000])
-    cases = [([f"--video={tmp_path / name}", tiny_config(tmp_path)], f"{name}: not a readable video")
-             for name in ("empty.mp4", "text.mp4", "cut.mp4")]
+    cases = [([f"--video={tmp_path / name}", tiny_config(tmp_path), *frames], f"{name}: not a readable video")
+             for name in ("empty.mp4", "text.mp4", "cut.mp4") for frames in ([], ["--frames=4"])]
     cases += [([f"--video={path}", f"--ckpt={tmp_path / 'cut.npz'}"], "cut.npz: not a readable .npz"),
               ([f"--video={path}", f"--ckpt={tmp_path / 'none.pt'}"], "none.pt: no such checkpoint")]
     for args, message in cases:
