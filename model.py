@@ -194,11 +194,11 @@ def run_blocks(blocks, x, *args, grad_checkpoint=False):
 class Encoder(nn.Module):
     """The ViT encoder, shared by every source and target frame (§3.1, after SiamMAE)."""
 
-    def __init__(self, dim, depth, heads, mlp):
+    def __init__(self, dim, depth, heads, mlp, grad_checkpoint=False):
         super().__init__()
         self.layers = nn.ModuleList(ViTBlock(dim, heads, mlp) for _ in range(depth))
         self.norm = layer_norm(dim)
-        self.grad_checkpoint = False
+        self.grad_checkpoint = grad_checkpoint
 
     def forward(self, x):
         return self.norm(run_blocks(self.layers, x, grad_checkpoint=self.grad_checkpoint))
@@ -207,11 +207,11 @@ class Encoder(nn.Module):
 class CrossTransformer(nn.Module):
     """CrossAttentionBlocks and a final LayerNorm: the core's Tx (§3.2), and the decoder."""
 
-    def __init__(self, dim, depth, heads, mlp):
+    def __init__(self, dim, depth, heads, mlp, grad_checkpoint=False):
         super().__init__()
         self.xa_blocks = nn.ModuleList(CrossAttentionBlock(dim, heads, mlp) for _ in range(depth))
         self.output_norm = layer_norm(dim)
-        self.grad_checkpoint = False
+        self.grad_checkpoint = grad_checkpoint
 
     def forward(self, x, memory):
         return self.output_norm(run_blocks(self.xa_blocks, x, memory, grad_checkpoint=self.grad_checkpoint))
@@ -220,7 +220,7 @@ class CrossTransformer(nn.Module):
 class RecurrentCore(nn.Module):
     """The gated transformer core of §3.2: GRU gates around a cross-attention transformer Tx."""
 
-    def __init__(self, dim, depth, heads, mlp):
+    def __init__(self, dim, depth, heads, mlp, grad_checkpoint=False):
         super().__init__()
         # The four W of the gates, bias-free, applied to the feature dimension of every token.
         self.input_update = nn.Linear(dim, dim, bias=False)  # W_e^u
@@ -230,7 +230,7 @@ class RecurrentCore(nn.Module):
         # Not in the paper's equations: the authors' model normalises the state before Tx reads
         # it (eps 1e-4, a scale but no bias). Their checkpoints need it.
         self.state_layer_norm = nn.LayerNorm(dim, eps=1e-4, bias=False)
-        self.transformer = CrossTransformer(dim, depth, heads, mlp)  # Tx
+        self.transformer = CrossTransformer(dim, depth, heads, mlp, grad_checkpoint)  # Tx
 
     def forward(self, e, state):
         """One step: the encoded frame ê_t and the state s_{t-1}, both [B, N+1, D] -> s_t = o_t."""
@@ -257,17 +257,15 @@ class RVM(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(1, 1, D) * 0.02)
         # The attn baseline has no core; its one ViT gets the core's layers instead (§9).
         self.encoder = Encoder(D, c.enc_layers + (c.core_layers if c.aggregator == "attn" else 0), c.enc_heads,
-                               c.enc_mlp)
+                               c.enc_mlp, c.grad_checkpoint)
         if c.aggregator == "rnn":
-            self.rnn_core = RecurrentCore(D, c.core_layers, c.core_heads, c.core_mlp)
+            self.rnn_core = RecurrentCore(D, c.core_layers, c.core_heads, c.core_mlp, c.grad_checkpoint)
         # Decoder (§3.1, Table 6). One linear layer embeds both the encoded target and the source features.
         self.decoder_embedder = nn.Linear(D, c.dec_width)
         self.mask_token = nn.Parameter(torch.randn(1, 1, c.dec_width) * 0.02)
         self.delta_embedder = nn.Linear(c.n_deltas, c.dec_width)  # the time gap Δ, one-hot in
-        self.decoder = CrossTransformer(c.dec_width, c.dec_layers, c.dec_heads, c.dec_mlp)
+        self.decoder = CrossTransformer(c.dec_width, c.dec_layers, c.dec_heads, c.dec_mlp, c.grad_checkpoint)
         self.detokenizer = nn.Linear(c.dec_width, P * P * 3)
-        for module in [self.encoder, self.decoder] + ([self.rnn_core.transformer] if c.aggregator == "rnn" else []):
-            module.grad_checkpoint = c.grad_checkpoint
         self._positions = {}  # (kind, h, w, device) -> position table, built on first use
 
     def _positions_for(self, kind, h, w, device):
@@ -321,19 +319,28 @@ class RVM(nn.Module):
             raise ValueError(f"kind must be 'core' or 'encoder', got {kind!r}")
         state = None
         for frame in frames:
-            if kind == "core":
-                o, state = self.step(frame, state)
-            else:
-                o = self.encode(frame)
+            o, state = self.step(frame, state) if kind == "core" else (self.encode(frame), None)
             yield o
 
     def features(self, video, kind="core"):
-        """Features of every frame, [B, T, 3, H, W] -> [B, T, N+1, D] (token 0 is CLS). The rnn
-        model unrolls `step`, so frame t never sees a frame after t."""
+        """Features of every frame of a video in memory, [B, T, 3, H, W] -> [B, T, N+1, D] (token 0 is CLS).
+        'core': o_1..o_T, the encoder run on all T frames as one batch, then the core unrolled from
+        s_0 = 0 (§3.1), so frame t never sees a frame after t; 'encoder': ê_t alone. Training reads
+        the source frames' features here; `stream` computes the same a frame at a time."""
         self._check_frames(video, "video", ndim=5)
+        if kind not in ("core", "encoder"):
+            raise ValueError(f"kind must be 'core' or 'encoder', got {kind!r}")
         if self.config.aggregator == "attn" and kind == "core":
             return self._attn_features(video)
-        return torch.stack(list(self.stream(video.unbind(1), kind)), dim=1)
+        e = rearrange(self.encode(rearrange(video, "b t c h w -> (b t) c h w")), "(b t) n d -> t b n d",
+                      b=video.shape[0])
+        if kind == "encoder":
+            return rearrange(e, "t b n d -> b t n d")
+        state, outputs = torch.zeros_like(e[0]), []
+        for e_t in e:
+            state = self.rnn_core(e_t, state)
+            outputs.append(state)  # o_t = s_t
+        return torch.stack(outputs, dim=1)
 
     @torch.no_grad()
     def patch_features(self, frames, kind="core"):
@@ -382,24 +389,11 @@ class RVM(nn.Module):
     def n_visible(self, n_tokens):
         return int(n_tokens * (1 - self.config.mask_ratio))  # M = ⌊(1 − m) N⌋ in Python floats, as theirs
 
-    def source_features(self, source):
-        """The K source frames [B, K, 3, H, W] -> o_1..o_K [B, K, N+1, D]. The encoder runs on all K
-        frames as one batch; then the core is unrolled over them from s_0 = 0 (§3.1)."""
-        if self.config.aggregator == "attn":
-            return self._attn_features(source)
-        e = rearrange(self.encode(rearrange(source, "b k c h w -> (b k) c h w")), "(b k) n d -> k b n d",
-                      b=source.shape[0])
-        state, outputs = torch.zeros_like(e[0]), []
-        for e_t in e:
-            state = self.rnn_core(e_t, state)
-            outputs.append(state)  # o_t = s_t
-        return torch.stack(outputs, dim=1)
-
     def source_memory(self, source, n_targets):
-        """The decoder's keys/values: the source features, CLS included, concatenated along the
-        token axis (§3.1) and embedded, one copy per target frame: [B*T, K*(N+1), dec_width].
+        """The decoder's keys/values: the source features o_1..o_K, CLS included, concatenated along
+        the token axis (§3.1) and embedded, one copy per target frame: [B*T, K*(N+1), dec_width].
         decoder_memory='last' keeps o_K alone (ours, for the noise-square demo: configs/noise_square.py)."""
-        o = self.source_features(source)
+        o = self.features(source)
         if self.config.decoder_memory == "last":
             o = o[:, -1:]
         memory = self.decoder_embedder(rearrange(o, "b k n d -> b (k n) d"))
