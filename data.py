@@ -23,6 +23,7 @@ nothing and a run resumes exactly by starting the stream at the example it had r
 Clips stay uint8 until the device: x = batch['source'].to(device).float() / 255.
 """
 
+import copy
 import hashlib
 import itertools
 import json
@@ -51,16 +52,25 @@ TO_RGB = {"format": "rgb24", "threads": 1} if int(av.__version__.split(".")[0]) 
 # The white-noise square (§4.4, Fig. 6)
 
 
-def _noise_square_frames(rng, t, height, width, square, speed, direction, n_frames, offset=0):
-    """Frames `t` (an int array) of one stimulus: uint8 [len(t), 3, H, W] and bool masks [len(t), H, W].
-    The background and the square's texture are drawn once: the background is static and the square
-    slides rigidly over it, so every frame alone is uniform noise."""
-    sh, sw = square
+def noise_square_video(n_frames=64, size=512, square_size=None, speed=None, direction="right", seed=0, t=None,
+                       offset=0):
+    """The stimulus as the authors' demo makes it: (video uint8 [T, 3, H, W], masks bool [T, H, W]). At the
+    defaults: 512 x 512 uniform noise, static, and a 256 x 256 square of its own noise sliding rigidly over it
+    (so every frame alone is uniform noise), vertically centred, its left edge at frame t of T at
+    t * (W - W//2) // T. size, square_size: an int or (H, W) (None: half the frame). speed None follows that
+    formula; a number moves the square that many pixels per frame from `offset`, clipped with its mask where
+    it leaves the frame. seed: an int or a numpy Generator; t: only these frames (default all T)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    height, width = (size, size) if isinstance(size, int) else size
+    square = (height // 2, width // 2) if square_size is None else square_size
+    sh, sw = (square, square) if isinstance(square, int) else square
+    rng = np.random.default_rng(seed)  # a Generator passes through unchanged
     background = rng.integers(0, 256, (3, height, width), dtype=np.uint8)
     texture = rng.integers(0, 256, (3, sh, sw), dtype=np.uint8)
     horizontal = direction in ("left", "right")
     room = width - sw if horizontal else height - sh  # how far the square can travel
-    t = np.asarray(t)
+    t = np.arange(n_frames) if t is None else np.asarray(t)
     pos = t * room // n_frames if speed is None else offset + np.floor(speed * t).astype(np.int64)
     if direction in ("left", "up"):
         pos = room - pos
@@ -72,50 +82,7 @@ def _noise_square_frames(rng, t, height, width, square, speed, direction, n_fram
         if y0 < y1 and x0 < x1:
             video[i, :, y0:y1, x0:x1] = texture[:, y0 - y:y1 - y, x0 - x:x1 - x]
             masks[i, y0:y1, x0:x1] = True
-    return video, masks
-
-
-def noise_square_video(n_frames=64, size=512, square_size=None, speed=None, direction="right", seed=0):
-    """The stimulus as the authors' demo makes it: (video uint8 [T, 3, H, W], masks bool [T, H, W]).
-    At the defaults: 512 x 512 uniform noise and a 256 x 256 square of its own noise, vertically
-    centred, whose left edge at frame t of T is at t * (W - W//2) // T. size and square_size are an
-    int or (H, W) (square_size None: half the frame); speed None follows that formula, a number
-    moves the square that many pixels per frame (clipped, with its mask, where it leaves the frame)."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    height, width = (size, size) if isinstance(size, int) else size
-    square = (height // 2, width // 2) if square_size is None else square_size
-    square = (square, square) if isinstance(square, int) else square
-    video, masks = _noise_square_frames(np.random.default_rng(seed), np.arange(n_frames), height, width, square,
-                                        speed, direction, n_frames)
     return torch.from_numpy(video), torch.from_numpy(masks)
-
-
-def parse_noise_square(spec):
-    """'noise_square[:square=A-B,speed=A-B,direction=D|D]' -> options; ranges are drawn per example.
-    square: side in pixels (default half the frame); speed: pixels per frame (default: the authors'
-    formula); direction: right, left, up, down, '|' between several, or any (default right)."""
-    name, _, rest = spec.partition(":")
-    opts = {"square": None, "speed": None, "direction": ("right",)}
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        lo, _, hi = value.partition("-")
-        try:
-            if key in ("square", "speed"):
-                kind = int if key == "square" else float
-                opts[key] = (kind(lo), kind(hi or lo))
-            elif key == "direction":
-                opts[key] = DIRECTIONS if value == "any" else tuple(value.split("|"))
-                if not set(opts[key]) <= set(DIRECTIONS):
-                    raise ValueError
-            else:
-                raise KeyError
-        except KeyError:
-            raise ValueError(f"{spec}: unknown noise_square option {key!r} (square, speed, direction)") from None
-        except ValueError:
-            raise ValueError(f"{spec}: bad value {value!r} for {key} (square=N|A-B, speed=V|A-B, "
-                             f"direction=D|D with D in {DIRECTIONS} or any)") from None
-    return opts
 
 
 # -----------------------------------------------------------------------------
@@ -124,8 +91,7 @@ def parse_noise_square(spec):
 
 def to_rgb(a):
     """Any 8- or 16-bit image as uint8 H x W x 3: grey repeated, alpha dropped."""
-    if a.dtype == np.uint16:
-        a = (a >> 8).astype(np.uint8)
+    a = (a >> 8).astype(np.uint8) if a.dtype == np.uint16 else a
     if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] > 4):
         raise ValueError(f"not an 8-bit image (an array {a.dtype} {a.shape})")
     a = a[:, :, None] if a.ndim == 2 else a
@@ -147,14 +113,13 @@ def read_frames(path, indices=None):
         names = image_names(path)
         indices = range(len(names)) if indices is None else [int(i) for i in indices]
         got = {}
-        for i in indices:
+        for i in dict.fromkeys(indices):  # each frame once, in the order asked
             if i >= len(names):
                 raise ValueError(f"{path}: {len(names)} frames, frame {i} was asked for")
-            if i not in got:
-                try:
-                    got[i] = to_rgb(iio.imread(os.path.join(path, names[i])))
-                except Exception as err:  # noqa: BLE001 -- a corrupt or truncated image file
-                    raise ValueError(f"{os.path.join(path, names[i])}: not a readable image ({err})") from None
+            try:
+                got[i] = to_rgb(iio.imread(os.path.join(path, names[i])))
+            except Exception as err:  # noqa: BLE001 -- a corrupt or truncated image file
+                raise ValueError(f"{os.path.join(path, names[i])}: not a readable image ({err})") from None
         frames = [got[i] for i in indices]
     else:
         try:
@@ -182,15 +147,12 @@ class _NotConstantRate(Exception):
 
 
 def _decode(path, want, by_pts):
-    """{i: H x W x 3 array} for the sorted frame indices `want` of a video file.
-
-    by_pts=True names each frame by its timestamp, i = (pts - start) * time_base * rate: this is
-    what lets us seek to the keyframe before the first wanted frame and tell the decoder to drop
-    unwanted frames that no other frame refers to (~1.6x faster on H.264 than converting the whole
-    window). Where a timestamp is off that grid (variable frame rate, a wrong rate in the header, a
-    seek that overshot) it raises _NotConstantRate, and the caller decodes from the start with
-    by_pts=False, counting frames one by one. Files are opened with PyAV itself: imageio's plugin
-    only hands out converted arrays, and its close() runs a full gc.collect()."""
+    """{i: H x W x 3 array} for the sorted frame indices `want` of a video file. by_pts=True names each frame
+    by its timestamp, i = (pts - start) * time_base * rate, so that we can seek to the keyframe before the first
+    wanted frame and have the decoder drop unwanted frames no other frame refers to (1.6-2.3x faster on H.264).
+    A timestamp off that grid (variable frame rate, a wrong rate in the header, a seek that overshot) raises
+    _NotConstantRate: the caller then counts frames from the start (by_pts=False). PyAV, not imageio: its
+    plugin only hands out converted arrays, and its close() runs a full gc.collect()."""
     wanted, got, n = set(want), {}, -1  # n: index of the last frame out of the decoder
     with av.open(path) as container:
         stream = container.streams.video[0]
@@ -198,9 +160,8 @@ def _decode(path, want, by_pts):
         if by_pts and not (rate and time_base and container.format.name != "gif"):
             raise _NotConstantRate  # gif frames paint over the previous one: nothing to seek to or drop
 
-        def index(pts):
-            x = None if pts is None else (pts - t0) * time_base * rate
-            if x is None or abs(x - round(x)) > 0.25:
+        def index(pts):  # the frame a timestamp names, if it lies on the grid
+            if pts is None or abs((x := (pts - t0) * time_base * rate) - round(x)) > 0.25:
                 raise _NotConstantRate
             return round(x)
 
@@ -224,8 +185,7 @@ def _decode(path, want, by_pts):
 
 
 def count_frames(path):
-    """Frames in a video file or frame folder; a video whose first frame does not decode is a ValueError
-    naming the file, as in read_frames."""
+    """Frames in a video file or frame folder; a video whose first frame does not decode is a ValueError."""
     if os.path.isdir(path):
         return len(image_names(path))
     try:
@@ -242,11 +202,9 @@ def count_frames(path):
 
 
 def index_folder(folder):
-    """Every video below `folder`: a sorted list of (path, n_frames, error or None).
-
-    Frame folders are counted while listing. Video files are opened once: their counts are cached
-    by (size, mtime) in <folder>/.rvm_index.json, or in CACHE_DIR when the folder is read-only, so a
-    restart over a million videos opens only the new and changed ones (delete the file to recount)."""
+    """Every video below `folder`: a sorted list of (path, n_frames, error or None). Frame folders are counted
+    while listing; video files are opened once, their counts cached by (size, mtime) in <folder>/.rvm_index.json,
+    or in CACHE_DIR if the folder is read-only: a restart over a million videos opens only new and changed ones."""
     writable = os.access(folder, os.W_OK) and os.stat(folder).st_mode & 0o222  # root honours r-x too
     cache = (os.path.join(folder, INDEX_NAME) if writable else
              os.path.join(CACHE_DIR, f"index-{hashlib.sha1(os.path.abspath(folder).encode()).hexdigest()[:16]}.json"))
@@ -255,25 +213,22 @@ def index_folder(folder):
             cached = json.load(f)
     except (OSError, ValueError):
         cached = {}
-    frame_dirs, videos, todo = [], {}, []
+    frame_dirs, stamps = [], {}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):  # datasets are often symlinked in
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if any(f.lower().endswith(IMAGE_EXTS) and not f.startswith(".") for f in filenames):
             frame_dirs.append((dirpath, len(image_names(dirpath)), None))
         for name in filenames:
             if name.lower().endswith(VIDEO_EXTS) and not name.startswith("."):
-                rel = os.path.relpath(os.path.join(dirpath, name), folder)
-                st = os.stat(os.path.join(folder, rel))
-                stamp = [st.st_size, st.st_mtime_ns]
-                if isinstance(cached.get(rel), list) and cached[rel][:2] == stamp:
-                    videos[rel] = cached[rel]
-                else:
-                    todo.append((rel, stamp))
-    for rel, stamp in tqdm(todo, desc=f"indexing {folder}", disable=not todo):
+                st = os.stat(os.path.join(dirpath, name))
+                stamps[os.path.relpath(os.path.join(dirpath, name), folder)] = [st.st_size, st.st_mtime_ns]
+    videos = {rel: v for rel, stamp in stamps.items() if isinstance(v := cached.get(rel), list) and v[:2] == stamp}
+    todo = [rel for rel in stamps if rel not in videos]  # new or changed since the index was written
+    for rel in tqdm(todo, desc=f"indexing {folder}", disable=not todo):
         try:
-            videos[rel] = stamp + [count_frames(os.path.join(folder, rel)), None]
+            videos[rel] = stamps[rel] + [count_frames(os.path.join(folder, rel)), None]
         except Exception as err:  # noqa: BLE001 -- whatever a broken file throws
-            videos[rel] = stamp + [0, f"{type(err).__name__}: {err}"]
+            videos[rel] = stamps[rel] + [0, f"{type(err).__name__}: {err}"]
     if videos != cached:
         try:
             os.makedirs(os.path.dirname(cache), exist_ok=True)
@@ -290,10 +245,8 @@ def index_folder(folder):
 
 
 def sample_clip(rng, n_frames, n_source=4, n_target=4, gap_min=4, gap_max=48, window=64):
-    """(frame_idx int64 [n_source + n_target], deltas int64 [n_target]) for one clip of a video: the
-    window of L = min(window, n_frames) frames starts uniformly; the sources are its first n_source
-    frames; each target lies gap ~ U{gap_min..min(gap_max, L - n_source)} after the last source; and
-    Δ = (n_source - 1) + gap counts from the first source frame."""
+    """(frame_idx int64 [n_source + n_target], deltas int64 [n_target]) for one clip of a video: the rule of the
+    module docstring, with gaps ~ U{gap_min..min(gap_max, L - n_source)} in a window of L = min(window, n_frames)."""
     length = min(window, n_frames)
     gap_hi = min(gap_max, length - n_source)
     if gap_hi < gap_min:
@@ -304,39 +257,29 @@ def sample_clip(rng, n_frames, n_source=4, n_target=4, gap_min=4, gap_max=48, wi
 
 
 def random_resized_crop_box(rng, height, width, scale=(0.3, 1.0), ratio=(0.75, 1.25)):
-    """(top, left, h, w) as torchvision's RandomResizedCrop.get_params draws it, from a numpy
-    generator: up to 10 tries of an area fraction ~ U(scale) and a log-uniform aspect ratio w/h,
-    else the largest centred box whose aspect ratio lies within `ratio`."""
+    """(top, left, h, w) as torchvision's RandomResizedCrop.get_params draws it, from a numpy generator: up to 10
+    tries of an area fraction ~ U(scale) and a log-uniform aspect ratio w/h, else the largest centred box within."""
     for _ in range(10):
         area = height * width * rng.uniform(*scale)
         aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
         w, h = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
         if 0 < w <= width and 0 < h <= height:
             return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    if width / height < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif width / height > max(ratio):
-        w, h = int(round(height * max(ratio))), height
-    else:
-        w, h = width, height
+    # torchvision's three cases in one: too wide is cut to max(ratio), too tall to min(ratio), else the whole frame
+    w, h = min(width, int(round(height * max(ratio)))), min(height, int(round(width / min(ratio))))
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _resize(x, size):
-    """uint8 [T, 3, h, w] -> uint8 [T, 3, size, size], bicubic, antialiased (as torchvision and PIL)."""
-    if x.shape[-2:] == (size, size):
-        return x.contiguous()
-    y = F.interpolate(x.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-    return y.round_().clamp_(0, 255).to(torch.uint8)
-
-
 def augment(clip, rng, size, flip_p=0.5, scale=(0.3, 1.0), ratio=(0.75, 1.25), per_frame_crop=False):
-    """uint8 [T, 3, H, W] -> uint8 [T, 3, size, size]: a flip of the whole clip, then RandomResizedCrop."""
+    """uint8 [T, 3, H, W] -> uint8 [T, 3, size, size]: a flip of the whole clip, then RandomResizedCrop
+    (bicubic, antialiased, as torchvision and PIL)."""
     flip = rng.random() < flip_p  # video-level: every frame or none (supplement §7)
     H, W = clip.shape[-2:]
     boxes = [random_resized_crop_box(rng, H, W, scale, ratio) for _ in range(len(clip) if per_frame_crop else 1)]
-    out = torch.cat([_resize(frames[:, :, t:t + h, l:l + w], size)
+    out = torch.cat([F.interpolate(frames[:, :, t:t + h, l:l + w].float(), size=(size, size), mode="bicubic",
+                                   align_corners=False, antialias=True)
                      for frames, (t, l, h, w) in zip(clip.split(1) if per_frame_crop else [clip], boxes, strict=True)])
+    out = out.round_().clamp_(0, 255).to(torch.uint8)
     return out.flip(-1) if flip else out
 
 
@@ -355,19 +298,15 @@ class ClipDataset(torch.utils.data.IterableDataset):
                  per_frame_crop=False, flip_p=0.5, crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.25),
                  seed=0, rank=0, start=0):
         super().__init__()
-        if not (1 <= gap_min <= gap_max and n_source >= 1 and n_target >= 1):
-            raise ValueError(f"need 1 <= gap_min <= gap_max and n_source, n_target >= 1 (got gap_min={gap_min}, "
-                             f"gap_max={gap_max}, n_source={n_source}, n_target={n_target})")
-        if n_source - 1 + gap_max >= window:
-            raise ValueError(f"n_source - 1 + gap_max = {n_source - 1 + gap_max} must be < window={window}: "
-                             "every target lies inside the clip's window")
-        self.image_size, self.n_source, self.n_target = image_size, n_source, n_target
-        self.gap_min, self.gap_max, self.window = gap_min, gap_max, window
-        self.per_frame_crop, self.flip_p = per_frame_crop, flip_p
-        self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
-        self.seed, self.rank, self.start = seed, rank, start
-        self.skipped = Counter()  # 'unreadable', 'too_short' (at start-up), 'decode' (while training)
-        self._warned = set()
+        if not (1 <= gap_min <= gap_max and min(n_source, n_target) >= 1 and n_source - 1 + gap_max < window):
+            raise ValueError(f"need 1 <= gap_min <= gap_max, n_source, n_target >= 1 and n_source - 1 + gap_max < "
+                             f"window, every target inside the clip's window (got gap_min={gap_min}, gap_max="
+                             f"{gap_max}, n_source={n_source}, n_target={n_target}, window={window})")
+        self.n_source, self.n_target, self.gap_min, self.gap_max = n_source, n_target, gap_min, gap_max
+        self.window, self.image_size, self.seed, self.rank, self.start = window, image_size, seed, rank, start
+        self.aug = {"flip_p": flip_p, "scale": crop_scale, "ratio": crop_ratio, "per_frame_crop": per_frame_crop}
+        self.batch_size = None  # None: yield examples; make_loader's copy yields whole batches
+        self.skipped, self._warned = Counter(), set()  # skipped: 'unreadable', 'too_short' (start-up), 'decode'
         specs = [(s, 1.0) if isinstance(s, str) else s for s in ([sources] if isinstance(sources, str) else sources)]
         weights = np.array([w for _, w in specs], dtype=np.float64)
         if len(specs) == 0 or (weights <= 0).any():
@@ -387,11 +326,30 @@ class ClipDataset(torch.utils.data.IterableDataset):
             print(f"rvm data: skipping {path}: {reason} ({self.n_skipped} skipped so far)", file=sys.stderr)
 
     def _open(self, spec):
+        """A folder, or 'noise_square[:square=A-B,speed=A-B,direction=D|D]' whose ranges are drawn per example.
+        square: side in pixels (default half the frame); speed: pixels per frame (default: the authors'
+        formula); direction: right, left, up, down, '|' between several, or any (default right)."""
         if spec.partition(":")[0] == "noise_square":
-            opts = parse_noise_square(spec)
-            if opts["square"] and not 1 <= opts["square"][0] <= opts["square"][1] <= self.image_size:
+            source = {"kind": "noise", "square": None, "speed": None, "direction": ("right",)}
+            for item in filter(None, spec.partition(":")[2].split(",")):
+                key, _, value = item.partition("=")
+                lo, _, hi = value.partition("-")
+                if key not in ("square", "speed", "direction"):
+                    raise ValueError(f"{spec}: unknown noise_square option {key!r} (square, speed, direction)")
+                try:
+                    if key == "direction":
+                        source[key] = DIRECTIONS if value == "any" else tuple(value.split("|"))
+                    else:
+                        kind = int if key == "square" else float
+                        source[key] = (kind(lo), kind(hi or lo))
+                    if not set(source["direction"]) <= set(DIRECTIONS):
+                        raise ValueError
+                except ValueError:
+                    raise ValueError(f"{spec}: bad value {value!r} for {key} (square=N|A-B, speed=V|A-B, "
+                                     f"direction=D|D with D in {DIRECTIONS} or any)") from None
+            if source["square"] and not 1 <= source["square"][0] <= source["square"][1] <= self.image_size:
                 raise ValueError(f"{spec}: the square must fit in the {self.image_size} px frame")
-            return {"kind": "noise", **opts}
+            return source
         folder = os.path.expanduser(spec)
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"data folder not found: {folder}")
@@ -411,78 +369,56 @@ class ClipDataset(torch.utils.data.IterableDataset):
 
     def example(self, k):
         """Example k of this stream: a pure function of (seed, rank, k)."""
+        ns, nt, size, window = self.n_source, self.n_target, self.image_size, self.window
         for attempt in range(100):
             rng = np.random.default_rng([self.seed, self.rank, k, attempt])
             source = self.sources[rng.choice(len(self.sources), p=self.weights)]
-            ex = self._noise_example(rng, source) if source["kind"] == "noise" else self._video_example(rng, source)
-            if ex is not None:
-                return {**ex, "index": torch.tensor(k), "skipped": torch.tensor(attempt)}
+            if source["kind"] == "noise":  # a fresh stimulus, no flip or crop: a crop would blur the noise, and
+                # direction covers the flip. A square with a speed starts where it stays in the frame.
+                frame_idx, deltas = sample_clip(rng, window, ns, nt, self.gap_min, self.gap_max, window)
+                lo, hi = source["square"] or (size // 2, size // 2)  # default: half the frame, as the authors
+                side = int(rng.integers(lo, hi + 1))
+                speed = None if source["speed"] is None else float(rng.uniform(*source["speed"]))
+                direction = source["direction"][rng.integers(len(source["direction"]))]
+                offset = 0
+                if speed is not None:
+                    offset = int(rng.integers(0, max(0, size - side - math.floor(speed * (window - 1))) + 1))
+                clip, masks = noise_square_video(window, size, side, speed, direction, rng, frame_idx, offset)
+            else:
+                path, n = source["videos"][rng.integers(len(source["videos"]))]
+                frame_idx, deltas = sample_clip(rng, n, ns, nt, self.gap_min, self.gap_max, window)
+                try:
+                    frames = read_frames(path, frame_idx)
+                except Exception as err:  # noqa: BLE001 -- a video that fails now (ends early, ...) is skipped
+                    self._skip(path, str(err).removeprefix(f"{path}: "), "decode")
+                    continue
+                clip = augment(torch.from_numpy(frames).permute(0, 3, 1, 2), rng, size, **self.aug)
+            ex = {"source": clip[:ns], "target": clip[ns:], "deltas": torch.from_numpy(deltas),
+                  "frame_idx": torch.from_numpy(frame_idx)}
+            if self.masks:  # every source is the noise square
+                ex["source_mask"], ex["target_mask"] = masks.split([ns, nt])
+            return {**ex, "index": torch.tensor(k), "skipped": torch.tensor(attempt)}
         raise RuntimeError(f"100 videos in a row failed to decode for example {k}; see the warnings above")
 
-    def _split(self, clip, frame_idx, deltas):
-        ns = self.n_source
-        return {"source": clip[:ns], "target": clip[ns:], "deltas": torch.from_numpy(deltas),
-                "frame_idx": torch.from_numpy(frame_idx)}
-
-    def _video_example(self, rng, source):
-        path, n = source["videos"][rng.integers(len(source["videos"]))]
-        frame_idx, deltas = sample_clip(rng, n, self.n_source, self.n_target, self.gap_min, self.gap_max, self.window)
-        try:
-            frames = read_frames(path, frame_idx)
-        except Exception as err:  # noqa: BLE001 -- a video that fails now (ends early, ...) is skipped, never fatal
-            self._skip(path, str(err).removeprefix(f"{path}: "), "decode")
-            return None
-        clip = augment(torch.from_numpy(frames).permute(0, 3, 1, 2), rng, self.image_size, self.flip_p,
-                       self.crop_scale, self.crop_ratio, self.per_frame_crop)
-        return self._split(clip, frame_idx, deltas)
-
-    def _noise_example(self, rng, source):
-        """A fresh stimulus per example, no flip or crop: a crop would blur the noise, and
-        direction covers the flip. A square with a speed starts where it stays in the frame."""
-        size, window = self.image_size, self.window
-        frame_idx, deltas = sample_clip(rng, window, self.n_source, self.n_target, self.gap_min, self.gap_max, window)
-        lo, hi = source["square"] or (size // 2, size // 2)  # default: half the frame, as the authors
-        side = int(rng.integers(lo, hi + 1))
-        speed = None if source["speed"] is None else float(rng.uniform(*source["speed"]))
-        direction = source["direction"][rng.integers(len(source["direction"]))]
-        offset = 0
-        if speed is not None:
-            offset = int(rng.integers(0, max(0, size - side - math.floor(speed * (window - 1))) + 1))
-        video, masks = _noise_square_frames(rng, frame_idx, size, size, (side, side), speed, direction, window, offset)
-        ex = self._split(torch.from_numpy(video), frame_idx, deltas)
-        if self.masks:
-            ex["source_mask"], ex["target_mask"] = torch.from_numpy(masks).split([self.n_source, self.n_target])
-        return ex
-
     def __iter__(self):
+        """Worker w of n makes examples (batches of B on make_loader's copy) w, w + n, w + 2n, ... from
+        start on; the DataLoader takes them from the workers in turn, so they come out in index order."""
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        for k in itertools.count(self.start + worker, n_workers):
-            yield self.example(k)
-
-
-class _Batches(torch.utils.data.IterableDataset):
-    """Whole batches: batch b holds examples start + b*B .. start + b*B + B-1. Worker w makes batches
-    w, w + n_workers, ..., and the DataLoader takes them from the workers in turn, so batches come out
-    in index order whatever the number of workers."""
-
-    def __init__(self, dataset, batch_size):
-        super().__init__()
-        self.dataset, self.batch_size = dataset, batch_size
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        B = self.batch_size or 1
         for b in itertools.count(worker, n_workers):
-            first = self.dataset.start + b * self.batch_size
-            examples = [self.dataset.example(k) for k in range(first, first + self.batch_size)]
-            # numpy's stack: torch's would fan out to intra-op threads, all waiting on a busy CPU
-            yield {key: torch.from_numpy(np.stack([ex[key].numpy() for ex in examples])) for key in examples[0]}
+            examples = [self.example(k) for k in range(self.start + b * B, self.start + b * B + B)]
+            if self.batch_size is None:
+                yield examples[0]
+            else:  # numpy's stack: torch's would fan out to intra-op threads, all waiting on a busy CPU
+                yield {key: torch.from_numpy(np.stack([ex[key].numpy() for ex in examples])) for key in examples[0]}
 
 
 def make_loader(dataset, batch_size, num_workers=0):
     """A DataLoader of batched clips (uint8 [B, T, 3, S, S]) from example dataset.start on, in index
     order for any num_workers; use it rather than a DataLoader over the ClipDataset itself, which
     interleaves the workers' examples. Workers need no seeding: each example seeds its own generator."""
-    return torch.utils.data.DataLoader(_Batches(dataset, batch_size), batch_size=None, num_workers=num_workers,
+    batches = copy.copy(dataset)  # the same stream, made in whole batches
+    batches.batch_size = batch_size
+    return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=num_workers,
                                        pin_memory=torch.cuda.is_available())
