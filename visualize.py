@@ -6,20 +6,13 @@
     python visualize.py --demo --ckpt=out/noise_square/ckpt.pt        # the noise square, scored
     python visualize.py --demo --ckpt=rvm_l.npz                       # Fig. 6: 512 x 512, T = 64
 
-What it does: (1) read the frames, resized to whole patches, values in [0, 1]; (2) unroll the model
-over the whole video one frame at a time, so any length fits in memory: the features o_t of every
-frame, patch tokens only; (3) PCA: the top 3 principal components of all patch features of the
-video, whitened, as RGB; K-means: k = 5, k-means++ initialisation, over the same features, a colour
-per cluster. Both are fitted once on the whole video, so a colour means the same in every frame:
-that is what shows temporal (in)stability (Fig. 8). (4) Write input | PCA | K-means side by side as
-a GIF and an MP4, and a PNG strip of chosen frames like the paper's figures.
-
-The demo: every frame of the stimulus alone is white noise; only the motion of the square gives it
-away. It scores how well ONE K-means cluster, chosen for the whole video, matches the square (IoU
-at patch resolution, frames 4..T-1) for the model's core features, the same model's encoder alone
-(what an image model sees), an untrained model, and two controls any claim must beat: the same
-features on the same video without the square, and K-means on patch positions. The pictures
-outline the true square.
+The model is unrolled over the video a frame at a time (any length fits in memory); PCA and K-means
+(k = 5) are fitted once over all its patch features, so a colour means the same in every frame, which
+is what shows temporal (in)stability (Fig. 8). Written: input | PCA | K-means as a GIF and an MP4,
+and a PNG strip of chosen frames like the paper's figures. In the demo every frame alone is white
+noise, only the square's motion gives it away; it scores ONE K-means cluster per video against the
+square for the model, its encoder alone, an untrained model and two controls (the video without the
+square; patch positions alone), and outlines the true square.
 """
 
 import argparse
@@ -49,9 +42,8 @@ PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40]
 def load_video(path, patch_size, image_size=None, max_frames=None):
     """A video file or a folder of frames -> float [T, 3, H, W] in [0, 1], resized (bilinear,
     antialiased) to image_size (an int, square) or else down to whole patches."""
-    n = count_frames(path) if max_frames else None
-    video = torch.from_numpy(read_frames(path, range(min(n, max_frames)) if max_frames else None))
-    video = video.permute(0, 3, 1, 2).float() / 255
+    frames = range(min(count_frames(path), max_frames)) if max_frames else None
+    video = torch.from_numpy(read_frames(path, frames)).permute(0, 3, 1, 2).float() / 255
     H, W = video.shape[-2:]
     size = (image_size, image_size) if image_size else (max(patch_size, H // patch_size * patch_size),
                                                         max(patch_size, W // patch_size * patch_size))
@@ -63,14 +55,12 @@ def load_video(path, patch_size, image_size=None, max_frames=None):
 
 
 def without_square(video, masks, seed=0):
-    """The stimulus with no square pasted: the static background alone. Each pixel comes from a
-    frame where the square does not cover it; pixels covered in every frame get fresh uniform
-    noise, which is what the background is made of."""
+    """The stimulus without its square: each pixel from a frame where the square does not cover it;
+    pixels covered in every frame get fresh uniform noise, which is what the background is made of."""
     first_free = (~masks).float().argmax(0)  # the first frame where each pixel is background
     background = torch.gather(video, 0, first_free[None, None].expand(1, 3, -1, -1))[0]
-    never = masks.all(0)
     fresh = torch.randint(0, 256, background.shape, generator=torch.Generator().manual_seed(seed + 1))
-    background = torch.where(never[None], fresh.to(video.dtype), background)
+    background = torch.where(masks.all(0)[None], fresh.to(video.dtype), background)
     return background[None].expand_as(video).clone()
 
 
@@ -87,9 +77,8 @@ def unroll(model, video, kind="core", device="cpu", progress=True):
 
 
 def pca(x, n_components=3):
-    """x [M, D] -> (whitened scores [M, n], components [n, D], variances [n]): the D x D covariance,
-    eigendecomposed in float64. Each component's largest loading is made positive, so the same
-    features always give the same colours."""
+    """x [M, D] -> (whitened scores [M, n], components [n, D], variances [n]), in float64. Each component's
+    largest loading is made positive, so the same features always give the same colours."""
     x = x.double()
     xc = x - x.mean(0)
     var, vecs = torch.linalg.eigh(xc.T @ xc / max(1, x.shape[0] - 1))  # ascending
@@ -99,8 +88,7 @@ def pca(x, n_components=3):
 
 
 def pca_rgb(features, n_sigma=2.0):
-    """features [..., D] -> RGB [..., 3] in [0, 1]: the top 3 whitened components over all tokens,
-    ±n_sigma mapped to [0, 1]."""
+    """features [..., D] -> RGB [..., 3]: the top 3 whitened components over all tokens, ±n_sigma to [0, 1]."""
     scores = pca(features.reshape(-1, features.shape[-1]), 3)[0]
     scores = F.pad(scores, (0, 3 - scores.shape[1]))  # fewer than 3 feature dimensions: mid-grey
     return (0.5 + scores / (2 * n_sigma)).clamp(0, 1).reshape(*features.shape[:-1], 3)
@@ -128,8 +116,7 @@ def kmeans_pp(x, k, generator):
 def kmeans(x, k=5, seed=0, n_init=1, max_iter=300, tol=1e-4):
     """Lloyd's K-means from k-means++ (§13: k = 5): x [M, D] -> (labels [M], centres [k, D], inertia).
     `tol` is relative to the data's mean variance, as in scikit-learn; a seed gives a fixed answer."""
-    x, k = x.float(), min(k, x.shape[0])
-    generator = torch.Generator().manual_seed(seed)
+    x, k, generator = x.float(), min(k, x.shape[0]), torch.Generator().manual_seed(seed)
     tol, best = tol * x.var(0).mean().item(), None
     for _ in range(n_init):
         centers = kmeans_pp(x, k, generator)
@@ -143,9 +130,8 @@ def kmeans(x, k=5, seed=0, n_init=1, max_iter=300, tol=1e-4):
             shift, centers = ((new - centers) ** 2).sum(), new
             if shift <= tol:
                 break
-        d = _sq_dists(x, centers)
-        labels = d.argmin(1)
-        inertia = d.gather(1, labels[:, None]).sum().item()
+        dists, labels = _sq_dists(x, centers).min(1)
+        inertia = dists.sum().item()
         if best is None or inertia < best[2]:
             best = (labels, centers, inertia)
     return best
@@ -166,9 +152,8 @@ def patch_masks(masks, patch_size):
 
 
 def cluster_iou(labels, truth, frames=None):
-    """labels [T, h, w], truth bool [T, h, w] -> (the cluster, its IoU per frame [T], their mean over
-    `frames`). ONE cluster for the whole video: the one with the best mean IoU over `frames` (all
-    when None). A frame where both are empty counts as IoU 1."""
+    """labels [T, h, w], truth bool [T, h, w] -> (ONE cluster for the whole video, the one with the best mean
+    IoU over `frames` (default all); its IoU per frame [T]; that mean). Both empty counts as IoU 1."""
     frames = list(range(labels.shape[0])) if frames is None else list(frames)
     truth, best = truth.to(labels.device), (None, None, -1.0)
     for c in labels.unique().tolist():
@@ -181,10 +166,8 @@ def cluster_iou(labels, truth, frames=None):
 
 
 def motion_ceiling(masks, first_frame=4):
-    """(first_move, ceiling): the first frame in which the square has moved, and the share of the
-    scored frames first_frame..T-1 from there on. Until it moves the video is one still image of
-    noise in which nothing tells square from background, so features that find the square by its
-    motion score at most `ceiling`. (None, 0.0) when it never moves."""
+    """(the first frame in which the square has moved or None, the share of frames first_frame..T-1 from there
+    on): until it moves the video is one still noise image, so features finding it by motion score at most that."""
     moved = (masks != masks[:1]).flatten(1).any(1)
     if not moved.any():
         return None, 0.0
@@ -198,29 +181,46 @@ def position_features(T, h, w):
     return torch.stack([rows, cols], -1).float()[None].expand(T, h, w, 2)
 
 
-def noise_square_scores(model, video, masks, untrained, k=5, seed=0, first_frame=4, device="cpu",
-                        core_features=None):
-    """The demo's table: row name -> (cluster, IoU per frame [T], mean IoU over frames >= first_frame).
-    video uint8 [T, 3, H, W], masks bool [T, H, W]; `core_features` if they were computed already."""
-    x, x0 = video.float() / 255, without_square(video, masks, seed).float() / 255
-    truth = patch_masks(masks, model.config.patch_size)
-    rows = {"core features (RVM)": lambda: unroll(model, x, "core", device) if core_features is None
-            else core_features,
+def noise_square_demo(model, video, masks, features, args):
+    """The demo's table: each row's best single K-means cluster and its mean IoU with the square over frames 4..T-1
+    (video uint8 [T, 3, H, W], masks bool [T, H, W], `features` the model's core features of the video)."""
+    T, size, P, first = len(video), video.shape[-1], model.config.patch_size, min(4, len(video) - 1)
+    x, x0 = video.float() / 255, without_square(video, masks, args.seed).float() / 255
+    truth, device = patch_masks(masks, P), args.device
+    torch.manual_seed(args.seed)
+    untrained = RVM(model.config).eval()  # the same size, randomly initialised
+    rows = {"core features (RVM)": lambda: features,  # each row computed when scored: one in memory at a time
             "encoder only (image model)": lambda: unroll(model, x, "encoder", device),
             "untrained model (random init)": lambda: unroll(untrained, x, "core", device),
             "control: video without square": lambda: unroll(model, x0, "core", device),
             "control: patch positions only": lambda: position_features(*truth.shape).to(device)}
-    return {name: cluster_iou(kmeans_labels(get(), k, seed), truth, range(first_frame, len(truth)))
-            for name, get in rows.items()}
+    scores = {name: cluster_iou(kmeans_labels(get(), args.k, args.seed), truth, range(first, T))
+              for name, get in rows.items()}
+    print(f"noise square {size}x{size}, T={T}, square {int(masks[0].any(0).sum())} px, patch {P} "
+          f"({size // P}x{size // P} tokens), k={args.k}, seed {args.seed}")
+    first_move, ceiling = motion_ceiling(masks, first)
+    if first_move is not None:
+        print(f"the square first moves at frame {first_move}: features that find it by its motion score at most "
+              f"{ceiling:.3f} over frames {first}..{T - 1}")
+    print(f"mean IoU of the best single K-means cluster with the square, frames {first}..:")
+    for name, (_, _, mean) in scores.items():
+        print(f"  {name:32s} {mean:6.3f}")
+    means = [mean for _, _, mean in scores.values()]
+    print(f"  {'core minus the best other row':32s} {means[0] - max(means[1:]):+.3f}")
+    if args.per_frame:  # frames before `first` are not scored: the state is still filling
+        print("frame " + " ".join(f"{s:>10}" for s in ("core", "encoder", "untrained", "no square", "positions")))
+        for t in range(T):
+            print(f"{t:4d}{' ' if t >= first else '*'} " + " ".join(f"{s[1][t].item():10.3f}" for s in scores.values()))
 
 
 # ----------------------------------------------------------------------------------------------
 # Pictures.
 
 
-def outline(masks):
-    """The inner border of each mask [T, H, W]: mask pixels with a non-mask pixel among their 8 neighbours."""
-    eroded = -F.max_pool2d(-F.pad(masks.float()[:, None], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+def outline(masks, width=1):
+    """The inner border of each mask [T, H, W], `width` pixels wide: mask pixels with a non-mask pixel
+    within `width` of them (8-neighbourhood)."""
+    eroded = -F.max_pool2d(-F.pad(masks.float()[:, None], (width,) * 4, mode="replicate"), 2 * width + 1, stride=1)
     return masks & (eroded[:, 0] < 0.5)
 
 
@@ -232,52 +232,35 @@ def colour_panels(video, rgb, labels, scale=1, masks=None):
     km = torch.from_numpy(PALETTE[labels.cpu().numpy() % len(PALETTE)]).permute(0, 3, 1, 2) / 255
     panels = [up(video.cpu()), up(rgb.cpu().permute(0, 3, 1, 2)), up(km)]
     if masks is not None:
-        edge = outline(up(masks[:, None].cpu())[:, 0] > 0.5)[:, None]
+        edge = outline(up(masks[:, None].cpu())[:, 0] > 0.5, width=max(1, size[0] // 128))[:, None]  # seen in the strip
         panels = [torch.where(edge, 1.0, p) for p in panels]
     return (torch.cat(panels, dim=3).permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def write_strip(path, video, rgb, labels, which, title="", masks=None):
-    """A PNG like the paper's figures (Fig. 5, 6): rows input / PCA / K-means, a column per chosen frame."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [("input", video.permute(0, 2, 3, 1).cpu().numpy()), ("PCA", rgb.cpu().numpy()),
-            ("K-means", PALETTE[labels.cpu().numpy() % len(PALETTE)])]
-    fig, axes = plt.subplots(3, len(which), figsize=(1.6 * len(which), 5.2), squeeze=False)
-    for r, (name, images) in enumerate(rows):
-        for c, t in enumerate(which):
-            ax = axes[r, c]
-            extent = (-0.5, video.shape[-1] - 0.5, video.shape[-2] - 0.5, -0.5)  # feature maps stretched to the frame
-            ax.imshow(images[t], interpolation="nearest", extent=extent)
-            if masks is not None:  # the true square's outline, along pixel borders (8x nearest, zero-padded)
-                up = F.pad(F.interpolate(masks[t].float()[None, None], scale_factor=8)[0, 0], (1, 1, 1, 1))
-                ys, xs = ((np.arange(n) - 0.5) / 8 - 0.5 for n in up.shape)
-                ax.contour(xs, ys, up.numpy(), levels=[0.5], colors="white", linewidths=0.8)
-                ax.set(xlim=extent[:2], ylim=extent[2:])
-            ax.set(xticks=[], yticks=[])
-            ax.set_title(f"t = {t}" if r == 0 else "", fontsize=9)
-            ax.set_ylabel(name if c == 0 else "", fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def visualize(video, features, out_dir, name, k=5, seed=0, fps=8, scale=None, strip=None, masks=None):
-    """PCA and K-means of `features` [T, h, w, D] of float `video` [T, 3, H, W] -> <name>.gif, .mp4 and
-    _strip.png in out_dir. Returns the paths written."""
+    """PCA and K-means of `features` [T, h, w, D] of float `video` [T, 3, H, W] -> the paths of <name>.gif, .mp4
+    and _strip.png written in out_dir; the strip like the paper's Fig. 5, 6: input / PCA / K-means of chosen frames."""
+    from matplotlib.figure import Figure  # no pyplot: straight to a file, no display needed
+
     os.makedirs(out_dir, exist_ok=True)
-    rgb, labels = pca_rgb(features), kmeans_labels(features, k, seed)
-    T, _, H, W = video.shape
-    panels = colour_panels(video, rgb, labels, scale or max(1, math.ceil(256 / H)), masks)  # small: blown up
+    T, scale = len(video), scale or max(1, math.ceil(256 / video.shape[-2]))  # small frames: blown up
+    panels = colour_panels(video, pca_rgb(features), kmeans_labels(features, k, seed), scale, masks)
     paths = [os.path.join(out_dir, f"{name}{ext}") for ext in (".gif", ".mp4", "_strip.png")]
     iio.imwrite(paths[0], panels, duration=1000 / fps, loop=0)
     even = np.pad(panels, ((0, 0), (0, panels.shape[1] % 2), (0, panels.shape[2] % 2), (0, 0)), mode="edge")  # H.264
     iio.imwrite(paths[1], even, plugin="pyav", codec="libx264", fps=fps, out_pixel_format="yuv420p")
-    which = strip or sorted(set(np.linspace(0, T - 1, min(T, 8)).round().astype(int).tolist()))
-    write_strip(paths[2], video, rgb, labels, [t for t in which if 0 <= t < T], name, masks)
+    which = [t for t in strip or np.linspace(0, T - 1, min(T, 8)).round().astype(int).tolist() if 0 <= t < T]
+    fig = Figure(figsize=(1.6 * len(which), 5.2))
+    axes = fig.subplots(3, len(which), squeeze=False)
+    for c, t in enumerate(which):  # the GIF's frames, outline and all, cut into their three panels
+        for r, image in enumerate(np.split(panels[t], 3, axis=1)):
+            axes[r, c].imshow(image)
+            axes[r, c].set(xticks=[], yticks=[])
+            axes[r, c].set_title(f"t = {t}" if r == 0 else "", fontsize=9)
+            axes[r, c].set_ylabel(("input", "PCA", "K-means")[r] if c == 0 else "", fontsize=9)
+    fig.suptitle(name, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=120)
     return paths
 
 
@@ -294,10 +277,8 @@ def parse_args(argv=None):
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--ckpt", help="weights: a train.py checkpoint (.pt) or the authors' .npz")
     weights.add_argument("--untrained", metavar="CONFIG", help="a randomly initialised model of a config's size")
-    p.add_argument("--out_dir", help="where the pictures go (default out/visualize/<model>; files are named after "
-                   "the video, or the stimulus's size, length and seed)")
-    p.add_argument("--image_size", type=int, help="frames resized to this square size (default: as they are, cut "
-                   "to whole patches; the stimulus: a .pt's training size, else 512 as the authors' demo)")
+    p.add_argument("--out_dir", help="where the pictures go (default out/visualize/<model>)")
+    p.add_argument("--image_size", type=int, help="square frame size (default: whole patches; demo: a .pt's, or 512)")
     p.add_argument("--frames", type=int, help="the stimulus's length (default 64), or the most frames read")
     p.add_argument("--square", type=int, help="stimulus: the square's side in pixels (default half the frame)")
     p.add_argument("--speed", type=float, help="stimulus: pixels per frame (default: across the frame once)")
@@ -317,29 +298,9 @@ def build_model(args):
     if args.untrained:
         torch.manual_seed(args.seed)
         return RVM(config_from_file(args.untrained)).eval(), f"untrained-{Path(args.untrained).stem}", None
-    path = Path(args.ckpt)
-    model, trained_at = load_model(path), None
-    if path.suffix == ".pt":  # our checkpoints know the frame size they were trained at
-        trained_at = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("config", {}).get(
-            "image_size")
-    return model, path.parent.name if path.stem == "ckpt" else path.stem, trained_at
-
-
-def print_demo(scores, header, first, ceiling, per_frame):
-    names = list(scores)
-    print(header)
-    if ceiling[0] is not None:
-        print(f"the square first moves at frame {ceiling[0]}: features that find it by its motion score at most "
-              f"{ceiling[1]:.3f} over frames {first}..{len(scores[names[0]][1]) - 1}")
-    print(f"mean IoU of the best single K-means cluster with the square, frames {first}..:")
-    for name in names:
-        print(f"  {name:32s} {scores[name][2]:6.3f}")
-    lead = scores[names[0]][2] - max(s[2] for s in list(scores.values())[1:])
-    print(f"  {'core minus the best other row':32s} {lead:+.3f}")
-    if per_frame:  # frames before `first` are not scored: the state is still filling
-        print("frame " + " ".join(f"{s:>10}" for s in ("core", "encoder", "untrained", "no square", "positions")))
-        for t in range(len(scores[names[0]][1])):
-            print(f"{t:4d}{' ' if t >= first else '*'} " + " ".join(f"{scores[n][1][t].item():10.3f}" for n in names))
+    path, model = Path(args.ckpt), load_model(args.ckpt)  # our .pt checkpoints know the frame size they trained at
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True) if path.suffix == ".pt" else {}
+    return model, path.parent.name if path.stem == "ckpt" else path.stem, ckpt.get("config", {}).get("image_size")
 
 
 def main(argv=None):
@@ -362,13 +323,7 @@ def main(argv=None):
               " this will be slow; --image_size sets a smaller frame", file=sys.stderr)
     features = unroll(model, video, "core", args.device)  # once, for the table and the pictures
     if args.demo:
-        first = min(4, len(video) - 1)
-        torch.manual_seed(args.seed)
-        untrained = RVM(model.config).eval()  # the same size, randomly initialised
-        scores = noise_square_scores(model, video_u8, masks, untrained, args.k, args.seed, first, args.device, features)
-        print_demo(scores, f"noise square {size}x{size}, T={len(video)}, square {int(masks[0].any(0).sum())} px, "
-                   f"patch {P} ({size // P}x{size // P} tokens), k={args.k}, seed {args.seed}", first,
-                   motion_ceiling(masks, first), args.per_frame)
+        noise_square_demo(model, video_u8, masks, features, args)
     paths = visualize(video, features, out_dir, name, args.k, args.seed, args.fps, args.scale, strip, masks)
     print("wrote " + ", ".join(paths))
 
