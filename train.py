@@ -565,32 +565,29 @@ last_saved = start_step if init_from == "resume" else None  # the step of this r
 
 
 def plot_loss(path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: straight to a file, no display needed
 
     rows = [r for r in log_rows(log_path) if "loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
     ax.set(xlabel="step", ylabel="loss (pixel MSE)", yscale="log", title=f"{out_dir}: training loss")
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def plot_reconstruction(path, source, target, reconstruction, mask, deltas, step):
     """One clip: its source frames, the masked targets (hidden patches grey), the model's
     reconstructions and the true targets, a row each."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     P = model_config.patch_size
     hidden = mask.repeat_interleave(P, 1).repeat_interleave(P, 2)[:, None]  # [T, 1, H, W]
     rows = {"source": source, "masked target": torch.where(hidden, 0.5, target),
             "reconstruction": reconstruction.clamp(0, 1), "target": target}
     cols = max(len(source), len(target))
-    fig, axes = plt.subplots(len(rows), cols, figsize=(2 * cols, 2 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(2 * cols, 2 * len(rows)))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
     for r, (name, frames) in enumerate(rows.items()):
         for c in range(cols):
             axes[r, c].axis("off")
@@ -600,7 +597,6 @@ def plot_reconstruction(path, source, target, reconstruction, mask, deltas, step
                 axes[r, c].set_title(f"{name}, {label}" if c == 0 else label, fontsize=8)
     fig.suptitle(f"step {step}")
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 # Logs: a progress bar and out_dir/log.jsonl on rank 0. Resuming drops the lines after the checkpoint.
