@@ -1,44 +1,36 @@
 """Label propagation: does the model know where things went? (paper §4.2.3, supplement §11.2)
 
-A zero-shot probe of frozen features; nothing is trained. Given the labels of a video's first frame
--- object masks (DAVIS-2017), body-part masks (VIP) or 15 body joints (JHMDB) -- each later frame
-takes its labels from the frames before it, each patch copying the labels of the patches most
-similar to it. Only correspondence in feature space is tested.
+A zero-shot probe of frozen features; nothing is trained. Given the labels of a video's first frame -- object masks
+(DAVIS-2017), body-part masks (VIP) or 15 body joints (JHMDB) -- each later frame takes its labels from the frames
+before it, each patch copying the labels of the patches most similar to it: only correspondence in feature space is
+tested. The protocol is the authors' evaluation notebook (google-deepmind/representations4d,
+`colabs/rvm_evaluation_demo.ipynb`): the CRW protocol of Jabri et al. 2020 as CropMAE runs it. For one video:
 
-The protocol is the authors' evaluation notebook (google-deepmind/representations4d,
-`colabs/rvm_evaluation_demo.ipynb`): the CRW protocol of Jabri et al. 2020 as CropMAE runs it.
-Step by step, for one video:
-
- 1. Resize every frame to the task resolution (DAVIS 480x880, JHMDB 320x320, VIP 448x880; Lanczos,
-    as the notebook's mediapy.resize_video). Unroll the model over the *whole* video in one
-    streaming pass, frame by frame. Keep the patch tokens of the core output o_t (CLS dropped) and
-    L2-normalise each: feats [T, h, w, C], h = H/16, w = W/16. `--features=encoder` takes the
-    encoder's output instead: no recurrence, an image-model baseline.
- 2. First-frame labels on the feature grid. DAVIS/VIP: nearest-resize the mask to the task
-    resolution, one channel per label value present, resized bilinearly to h x w (soft labels at
-    borders). JHMDB: per joint a small Gaussian (sigma 0.5 cells) at its grid position, plus a
-    background channel that is 1 where no joint has mass.
- 3. Propagate (`label_propagation`). The context of frame t is frame 0 (always) and a queue of the
-    `n_context` most recent (features, predicted soft labels), which starts as n_context copies of
-    frame 0. Each cell of frame t scores every context cell, affinity = <features> / temperature;
-    cells of *queued* frames farther than `radius` grid cells (Euclidean, strict <) are left out,
-    frame 0 is searched everywhere. The top-k affinities over all context cells together are
-    softmaxed and weight a sum of those cells' soft labels: the cell's prediction, which enters the
-    queue. Supplement Table 8: n_context 20, temperature 0.7, top-k 7 (VIP 10), radius 20.
- 4. Read out. DAVIS/VIP: bilinear upsampling to the task resolution, argmax, back to label values,
-    nearest-exact to the frame's native size. JHMDB: each joint at the weighted mean of the top-5
-    cells of its map, scaled to native size.
+ 1. Resize every frame to the task resolution (DAVIS 480x880, JHMDB 320x320, VIP 448x880; Lanczos, as the
+    notebook's mediapy.resize_video). Unroll the model over the *whole* video in one streaming pass, frame by frame.
+    Keep the patch tokens of the core output o_t (CLS dropped), each L2-normalised: feats [T, h, w, C], h = H/16,
+    w = W/16. `--features=encoder` takes the encoder's output instead: no recurrence, an image-model baseline.
+ 2. First-frame labels on the feature grid. DAVIS/VIP: the mask nearest-resized to the task resolution, one channel
+    per label value present, resized bilinearly to h x w (soft labels at borders). JHMDB: per joint a small Gaussian
+    (sigma 0.5 cells) at its grid position, plus a background channel that is 1 where no joint has mass.
+ 3. Propagate (`label_propagation`). The context of frame t is frame 0 (always) and a queue of the `n_context` most
+    recent (features, predicted soft labels), which starts as n_context copies of frame 0. Each cell of frame t
+    scores every context cell, affinity = <features> / temperature; cells of *queued* frames farther than `radius`
+    grid cells (Euclidean, strict <) are left out, frame 0 is searched everywhere. The top-k affinities over all
+    context cells together are softmaxed and weight a sum of those cells' soft labels: the cell's prediction, which
+    enters the queue. Supplement Table 8: n_context 20, temperature 0.7, top-k 7 (VIP 10), radius 20.
+ 4. Read out. DAVIS/VIP: bilinear upsampling to the task resolution, argmax, back to label values, nearest-exact to
+    the frame's native size. JHMDB: each joint at the weighted mean of the top-5 cells of its map, at native scale.
  5. Score. DAVIS: J (region IoU) and F (boundary F-measure) exactly as the DAVIS-2017 toolkit
-    (davisvideochallenge/davis2017-evaluation) computes them -- tests/test_labelprop.py checks it
-    against the toolkit's own published per-frame scores -- at native resolution, without the first
-    and last frames; a mean per object, J-Mean and F-Mean over all objects of all sequences, J&F-Mean
-    their mean. VIP: one confusion matrix over 20 classes, all frames of all videos, then mIoU.
-    JHMDB: PCK@0.1, a joint correct within 0.1 x (0.6 x the diagonal of the ground-truth joints'
-    bounding box), per joint, averaged over the 15 joints.
+    (davisvideochallenge/davis2017-evaluation) computes them -- tests/test_labelprop.py checks it against the
+    toolkit's own published per-frame scores -- at native resolution, without the first and last frames; a mean per
+    object, J-Mean and F-Mean over all objects of all sequences, J&F-Mean their mean. VIP: one confusion matrix over
+    20 classes, all frames of all videos, then mIoU. JHMDB: PCK@0.1, a joint correct within 0.1 x (0.6 x the
+    diagonal of the ground-truth joints' bounding box), per joint, averaged over the 15 joints.
 
-`--long_horizon` (Fig. 4) scores the DAVIS videos of at least 80 frames on their first 16/32/48/64/80
-frames, each relative to the 16-frame score. Features and propagation are causal, so the first N
-frames' predictions are those of the video cut to N frames: one pass over 80 frames serves all.
+`--long_horizon` (Fig. 4) scores the DAVIS videos of at least 80 frames on their first 16/32/48/64/80 frames, each
+relative to the 16-frame score. Features and propagation are causal, so the first N frames' predictions are those of
+the video cut to N frames: one pass over 80 frames serves all.
 
     python eval_labelprop.py --task=davis --data=data/DAVIS --ckpt=out/rvm-s/ckpt.pt
     python eval_labelprop.py --task=davis --data=data/DAVIS --ckpt=rvm_s.npz --features=encoder
@@ -47,12 +39,10 @@ frames' predictions are those of the video cut to N frames: one pass over 80 fra
     python eval_labelprop.py --task=jhmdb --data=data/JHMDB --ckpt=out/rvm-s/ckpt.pt
     python eval_labelprop.py --task=vip --data=data/VIP_Fine --ckpt=out/rvm-s/ckpt.pt
 
-out/rvm-s/ckpt.pt is what `python train.py configs/s.py` writes; rvm_s.npz stands for the authors'
-released weights. The datasets, in their usual layouts: DAVIS-2017 val at 480p
-(https://davischallenge.org), JHMDB (http://jhmdb.is.tue.mpg.de) and VIP_Fine (Video Instance-level
-Parsing; the authors' notebook says where to get it).
-Each run writes CSVs (and with --save_masks the predicted masks) into --out_dir, by default
-out/labelprop/<task>-<model>-<features>-<resolution>. Data layouts, each checked whole before any model work:
+out/rvm-s/ckpt.pt is what `python train.py configs/s.py` writes; rvm_s.npz stands for the authors' released weights.
+Each run writes its CSVs (and with --save_masks the predicted masks) into --out_dir. The datasets -- DAVIS-2017 val
+at 480p (https://davischallenge.org), JHMDB (http://jhmdb.is.tue.mpg.de), VIP_Fine (Video Instance-level Parsing;
+the authors' notebook says where to get it) -- in their usual layouts, each checked whole before any model work:
     DAVIS  JPEGImages/480p/<seq>/*.jpg, Annotations/480p/<seq>/*.png (palette), ImageSets/2017/val.txt
     VIP    Images/<video>/*.jpg, Annotations/Category_ids/<video>/*.png, lists/val_videos.txt
     JHMDB  Rename_Images/<class>/<video>/*.png, joint_positions/<class>/<video>/joint_positions.mat,
@@ -79,14 +69,14 @@ from model import RVM, config_from_file, load_model
 # Supplement Table 8, per task; n_context 20, temperature 0.7 and radius 20 are shared by all.
 TASKS = {"davis": dict(resolution=(480, 880), topk=7), "jhmdb": dict(resolution=(320, 320), topk=7),
          "vip": dict(resolution=(448, 880), topk=10)}
-VIP_CLASSES = ["background", "hat", "hair", "sun-glasses", "upper-clothes", "dress", "coat", "socks",
-               "pants", "gloves", "scarf", "skirt", "torso-skin", "face", "right-arm", "left-arm",
-               "right-leg", "left-leg", "right-shoe", "left-shoe"]
+VIP_CLASSES = ["background", "hat", "hair", "sun-glasses", "upper-clothes", "dress", "coat", "socks", "pants", "gloves",
+               "scarf", "skirt", "torso-skin", "face", "right-arm", "left-arm", "right-leg", "left-leg", "right-shoe",
+               "left-shoe"]
 JHMDB_JOINTS = 15
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading the datasets. Each reader checks the whole layout first: a missing folder, a count
+# Step 1: the videos and their features. Each reader checks the whole layout first: a missing folder, a count
 # mismatch or a wrong mask format is an error naming the path, raised before any model work.
 
 
@@ -95,48 +85,53 @@ def _require(path, what, kind="dir"):
         raise FileNotFoundError(f"{what} not found: {path}")
 
 
-def _read_list(path, what, sequences):
-    """The video names listed in `path`, cut to `sequences` (in the list's order) when given."""
-    _require(path, what, "file")
-    with open(path) as f:
-        names = [line.strip() for line in f if line.strip()]
+def _pick(names, sequences, source):
+    """The video names listed in `source`, cut to `sequences` (in the list's order) when given."""
     if not names:
-        raise ValueError(f"{what} lists no videos: {path}")
+        raise ValueError(f"no videos in {source}")
     unknown = [s for s in sequences or [] if s not in names]
     if unknown:
-        raise ValueError(f"sequences {unknown} are not listed in {path}")
+        raise ValueError(f"--sequences {unknown} are not in {source}")
     return [n for n in names if n in sequences] if sequences else names
 
 
-def _frames_and_masks(name, frame_dir, mask_dir, modes, list_path):
-    """One video's frames and masks: same count, same names, same sizes, masks in one of `modes`."""
-    _require(frame_dir, f"frames of {name!r} (listed in {list_path})")
-    _require(mask_dir, f"labels of {name!r} (listed in {list_path})")
-    frames, masks = image_names(frame_dir), image_names(mask_dir)
-    if not frames:
-        raise ValueError(f"no frames in {frame_dir}")
-    if len(frames) != len(masks):
-        raise ValueError(f"{len(frames)} frames in {frame_dir} but {len(masks)} masks in {mask_dir}: "
-                         "scoring needs a ground-truth mask for every frame")
-    for frame, mask in zip(frames, masks, strict=True):
-        if os.path.splitext(frame)[0] != os.path.splitext(mask)[0]:
-            raise ValueError(f"frame {os.path.join(frame_dir, frame)} has no mask of its name in {mask_dir}")
-        with Image.open(os.path.join(mask_dir, mask)) as m, Image.open(os.path.join(frame_dir, frame)) as im:
-            if m.mode not in modes:  # lazy: headers only
-                raise ValueError(f"mask {os.path.join(mask_dir, mask)} is a mode-{m.mode!r} image; expected "
-                                 + (" or ".join(modes) if modes != ("P",) else "a palette PNG of object indices"))
-            if m.size != im.size:
-                raise ValueError(f"mask {os.path.join(mask_dir, mask)} is {m.size[0]}x{m.size[1]} but frame "
-                                 f"{os.path.join(frame_dir, frame)} is {im.size[0]}x{im.size[1]}")
-    return dict(name=name, frame_dir=frame_dir, n=len(frames), masks=[os.path.join(mask_dir, m) for m in masks])
+def _read_masked(root, dataset, list_file, frames_dir, masks_dir, sequences):
+    """DAVIS or VIP: per listed video {'name', 'frame_dir', 'n' (frames), 'masks' (png paths)}, its frames and
+    masks checked for the same count, names and sizes, and the masks' mode."""
+    _require(root, f"{dataset} folder")
+    list_path = os.path.join(root, list_file)
+    _require(list_path, f"{dataset} video list", "file")
+    names = _pick([n.strip() for n in Path(list_path).read_text().splitlines() if n.strip()], sequences, list_path)
+    modes = ("P",) if dataset == "DAVIS" else ("L", "P")  # DAVIS: object indices; VIP: class ids, grey or palette
+    videos = []
+    for name in names:
+        frame_dir, mask_dir = os.path.join(root, frames_dir, name), os.path.join(root, masks_dir, name)
+        _require(frame_dir, f"frames of {name!r} (listed in {list_path})")
+        _require(mask_dir, f"labels of {name!r} (listed in {list_path})")
+        frames = [os.path.join(frame_dir, n) for n in image_names(frame_dir)]
+        masks = [os.path.join(mask_dir, n) for n in image_names(mask_dir)]
+        if not frames:
+            raise ValueError(f"no frames in {frame_dir}")
+        if len(frames) != len(masks):
+            raise ValueError(f"{len(frames)} frames in {frame_dir} but {len(masks)} masks in {mask_dir}: "
+                             "scoring needs a ground-truth mask for every frame")
+        for frame, mask in zip(frames, masks, strict=True):
+            if Path(frame).stem != Path(mask).stem:
+                raise ValueError(f"frame {frame} has no mask of its name in {mask_dir}")
+            with Image.open(mask) as m, Image.open(frame) as im:
+                if m.mode not in modes:  # lazy: headers only
+                    raise ValueError(f"mask {mask} is a mode-{m.mode!r} image; expected "
+                                     + (" or ".join(modes) if modes != ("P",) else "a palette PNG of object indices"))
+                if m.size != im.size:
+                    raise ValueError(f"mask {mask} is {m.size[0]}x{m.size[1]} but frame {frame} is "
+                                     f"{im.size[0]}x{im.size[1]}")
+        videos.append(dict(name=name, frame_dir=frame_dir, n=len(frames), masks=masks))
+    return videos
 
 
 def read_davis(root, sequences=None):
-    """DAVIS-2017 val: per sequence {'name', 'frame_dir', 'n' (frames), 'masks' (png paths)}."""
-    _require(root, "DAVIS folder")
-    list_path = os.path.join(root, "ImageSets", "2017", "val.txt")
-    videos = [_frames_and_masks(n, os.path.join(root, "JPEGImages", "480p", n), os.path.join(root, "Annotations",
-              "480p", n), ("P",), list_path) for n in _read_list(list_path, "DAVIS sequence list", sequences)]
+    """DAVIS-2017 val: per sequence {'name', 'frame_dir', 'n' (frames), 'masks' (palette png paths)}."""
+    videos = _read_masked(root, "DAVIS", "ImageSets/2017/val.txt", "JPEGImages/480p", "Annotations/480p", sequences)
     for v in videos:
         first = read_mask(v["masks"][0])
         if not ((first > 0) & (first < 255)).any():
@@ -146,30 +141,12 @@ def read_davis(root, sequences=None):
 
 def read_vip(root, sequences=None):
     """VIP (the VIP_Fine layout, as the notebook reads it): frames and part-label maps (class ids 0..19)."""
-    _require(root, "VIP folder")
-    list_path = os.path.join(root, "lists", "val_videos.txt")
-    return [_frames_and_masks(n, os.path.join(root, "Images", n), os.path.join(root, "Annotations", "Category_ids",
-            n), ("L", "P"), list_path) for n in _read_list(list_path, "VIP video list", sequences)]
-
-
-def read_jhmdb_joints(path):
-    """joint_positions.mat -> [T, 15, 2] (x, y) in 0-based pixels; the file holds `pos_img` as
-    [2, 15, T] in MATLAB's 1-based pixels."""
-    try:
-        import scipy.io  # only JHMDB needs it
-    except ImportError:
-        raise ImportError("reading JHMDB's joint_positions.mat needs scipy: pip install scipy") from None
-    try:
-        pos = scipy.io.loadmat(path)["pos_img"]
-    except Exception as err:  # noqa: BLE001 -- any unreadable file gets the same clear message
-        raise ValueError(f"{path}: cannot read 'pos_img' ({type(err).__name__}: {err})") from None
-    if pos.ndim != 3 or pos.shape[:2] != (2, JHMDB_JOINTS):
-        raise ValueError(f"{path}: 'pos_img' has shape {pos.shape}; expected (2, {JHMDB_JOINTS}, T)")
-    return pos.astype(np.float32).transpose(2, 1, 0) - 1
+    return _read_masked(root, "VIP", "lists/val_videos.txt", "Images", "Annotations/Category_ids", sequences)
 
 
 def read_jhmdb(root, sequences=None):
-    """JHMDB split-1 test videos: per video {'name', 'frame_dir', 'n', 'joints' [T, 15, 2]}."""
+    """JHMDB split-1 test videos: per video {'name', 'frame_dir', 'n', 'joints' [T, 15, 2] (x, y) in 0-based
+    pixels}; joint_positions.mat holds them as 'pos_img' [2, 15, T] in MATLAB's 1-based pixels."""
     _require(root, "JHMDB folder")
     split_dir = os.path.join(root, "splits")
     _require(split_dir, "JHMDB split lists")
@@ -178,30 +155,36 @@ def read_jhmdb(root, sequences=None):
         with open(os.path.join(split_dir, split)) as f:  # <video>.avi 1 (train) or 2 (test)
             names += [f"{split[:-len('_test_split1.txt')]}/{os.path.splitext(line.split()[0])[0]}" for line in f
                       if line.strip() and line.split()[1] == "2"]
-    if not names:
-        raise FileNotFoundError(f"no test videos in the <class>_test_split1.txt files of {split_dir}")
-    unknown = [s for s in sequences or [] if s not in names]
-    if unknown:
-        raise ValueError(f"videos {unknown} are not test videos in {split_dir}")
+    names = _pick(names, sequences, f"the test lists {split_dir}/<class>_test_split1.txt")
+    try:
+        import scipy.io  # only JHMDB needs it
+    except ImportError:
+        raise ImportError("reading JHMDB's joint_positions.mat needs scipy: pip install scipy") from None
     videos = []
-    for name in [n for n in names if not sequences or n in sequences]:
+    for name in names:
         frame_dir = os.path.join(root, "Rename_Images", name)
-        joints_path = os.path.join(root, "joint_positions", name, "joint_positions.mat")
+        path = os.path.join(root, "joint_positions", name, "joint_positions.mat")
         _require(frame_dir, f"frames of video {name!r} (listed in {split_dir})")
-        _require(joints_path, f"joints of video {name!r}", "file")
-        n, joints = len(image_names(frame_dir)), read_jhmdb_joints(joints_path)
-        if n == 0 or len(joints) != n:
-            raise ValueError(f"{n} frames in {frame_dir} but {len(joints)} in {joints_path}")
-        videos.append(dict(name=name, frame_dir=frame_dir, n=n, joints=joints))
+        _require(path, f"joints of video {name!r}", "file")
+        try:
+            pos = scipy.io.loadmat(path)["pos_img"]
+        except Exception as err:  # noqa: BLE001 -- any unreadable file gets the same clear message
+            raise ValueError(f"{path}: cannot read 'pos_img' ({type(err).__name__}: {err})") from None
+        if pos.ndim != 3 or pos.shape[:2] != (2, JHMDB_JOINTS):
+            raise ValueError(f"{path}: 'pos_img' has shape {pos.shape}; expected (2, {JHMDB_JOINTS}, T)")
+        n = len(image_names(frame_dir))
+        if n == 0 or pos.shape[2] != n:
+            raise ValueError(f"{n} frames in {frame_dir} but {pos.shape[2]} in {path}")
+        videos.append(dict(name=name, frame_dir=frame_dir, n=n, joints=pos.astype(np.float32).transpose(2, 1, 0) - 1))
     return videos
 
 
 def read_video(video, size):
-    """A video's frames as uint8 [T, H, W, 3] at size = (H, W), Lanczos (the notebook's mediapy.resize_video)."""
+    """A video's frames as uint8 [T, H, W, 3] at size = (H, W), Lanczos (the notebook's mediapy.resize_video),
+    and their native (H0, W0)."""
     frames = read_frames(video["frame_dir"], range(video["n"]))
-    if frames.shape[1:3] == tuple(size):
-        return frames
-    return np.stack([np.asarray(Image.fromarray(f).resize(size[::-1], Image.Resampling.LANCZOS)) for f in frames])
+    resize = lambda f: np.asarray(Image.fromarray(f).resize(size[::-1], Image.Resampling.LANCZOS))
+    return (frames if frames.shape[1:3] == tuple(size) else np.stack([resize(f) for f in frames])), frames.shape[1:3]
 
 
 def read_mask(path):
@@ -211,26 +194,24 @@ def read_mask(path):
 
 
 def model_features(model, kind="core", device="cpu"):
-    """frames uint8 [T, H, W, 3] -> L2-normalised patch features [T, h, w, C] on the CPU, the model
-    streamed over the video one frame at a time ('core': o_t; 'encoder': no recurrence)."""
-    def extract(frames, progress=None):
+    """frames uint8 [T, H, W, 3] -> L2-normalised patch features [T, h, w, C] on the CPU, the model streamed
+    over the video a frame at a time ('core': o_t; 'encoder': no recurrence)."""
+    def extract(frames, progress):
         def stream():
             for f in frames:
                 yield torch.from_numpy(f).to(device).permute(2, 0, 1).float() / 255
-                if progress is not None:
-                    progress.update()
+                progress.update()
         return F.normalize(model.patch_features(stream(), kind), dim=-1).cpu()
     return extract
 
 
 # ----------------------------------------------------------------------------------------------
-# First-frame labels on the feature grid.
+# Steps 2-4: first-frame labels on the feature grid, propagation, read-out.
 
 
 def mask_to_labels(mask, size, grid, values=None):
-    """Label map [H0, W0] -> soft labels [h, w, K] and the K label values they stand for: nearest
-    resize to the task resolution, one-hot, bilinear to the feature grid (the notebook's cv2
-    INTER_NEAREST and INTER_LINEAR are torch's 'nearest' and 'bilinear' without antialiasing)."""
+    """Step 2 for a label map [H0, W0]: soft labels [h, w, K] and the K label values (default: those present) they
+    stand for. The notebook's cv2 INTER_NEAREST and INTER_LINEAR are torch's 'nearest', 'bilinear' without antialias."""
     values = np.unique(mask) if values is None else np.asarray(values)
     m = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=size, mode="nearest")[0, 0]
     onehot = (m[None] == torch.from_numpy(values.astype(np.float32))[:, None, None]).float()
@@ -239,31 +220,22 @@ def mask_to_labels(mask, size, grid, values=None):
 
 
 def _gaussian(h, w, x, y, sigma=0.5):
-    """A 2-D Gaussian at (x, y) on an h x w grid, drawn the way the reference code (pose-hg-train's
-    draw.py, via UVC, CRW and the authors' notebook) draws it: a (6 sigma + 1)^2 patch placed at
-    integer offsets, with int() truncating toward zero. Zero if the patch misses the grid."""
-    img = np.zeros((h, w), np.float32)
+    """A 2-D Gaussian at (x, y) on an h x w grid, drawn as the reference code (pose-hg-train's draw.py, via UVC,
+    CRW and the authors' notebook) draws it: a (6 sigma + 1)^2 patch from corner ul to br, placed at integer
+    offsets with int() truncating toward zero, clipped to the grid."""
     ul = [int(x - 3 * sigma), int(y - 3 * sigma)]
     br = [int(x + 3 * sigma + 1), int(y + 3 * sigma + 1)]
-    if ul[0] >= w or ul[1] >= h or br[0] < 0 or br[1] < 0:
-        return img
-    size = 6 * sigma + 1
-    g = np.arange(0, size, 1, float)
-    c = size // 2
-    g = np.exp(-((g[None, :] - c) ** 2 + (g[:, None] - c) ** 2) / (2 * sigma ** 2))
-    gx = max(0, -ul[0]), min(br[0], w) - ul[0]
-    gy = max(0, -ul[1]), min(br[1], h) - ul[1]
-    ix = max(0, ul[0]), min(br[0], w)
-    iy = max(0, ul[1]), min(br[1], h)
-    img[iy[0]:iy[1], ix[0]:ix[1]] = g[gy[0]:gy[1], gx[0]:gx[1]]
-    return img
+    c = (6 * sigma + 1) // 2
+    dx, dy = np.arange(w) - ul[0], np.arange(h) - ul[1]  # each cell's offset in the patch
+    g = np.exp(-((dx[None, :] - c) ** 2 + (dy[:, None] - c) ** 2) / (2 * sigma ** 2))
+    inside = ((dx >= 0) & (dx < br[0] - ul[0]))[None, :] & ((dy >= 0) & (dy < br[1] - ul[1]))[:, None]
+    return np.where(inside, g, 0).astype(np.float32)
 
 
 def pose_to_labels(joints, grid, native_size, sigma=0.5):
-    """Joints [J, 2] (x, y) in native pixels -> soft labels [h, w, J + 1]: channel 0 is background
+    """Step 2 for joints [J, 2] (x, y) in native pixels: soft labels [h, w, J + 1], channel 0 the background
     (1 where no joint has mass), channel 1 + j a Gaussian at joint j's grid position."""
-    h, w = grid
-    H0, W0 = native_size
+    (h, w), (H0, W0) = grid, native_size
     labels = np.zeros((h, w, len(joints) + 1), np.float32)
     for j, (x, y) in enumerate(joints):
         labels[..., j + 1] = _gaussian(h, w, x * w / W0, y * h / H0, sigma)
@@ -271,18 +243,11 @@ def pose_to_labels(joints, grid, native_size, sigma=0.5):
     return torch.from_numpy(labels)
 
 
-# ----------------------------------------------------------------------------------------------
-# Label propagation.
-
-
 def label_propagation(feats, labels, n_context=20, temperature=0.7, topk=7, radius=20,
                       chunk_size=None, device=None, progress=None):
-    """Step 3 of the protocol above: L2-normalised features [T, h, w, C] (moved to `device` a frame
-    at a time) and frame 0's soft labels [h, w, K] -> soft predictions [T, h, w, K] on the CPU.
-    Query cells go in chunks, so that the affinities stay small (a 30x55 grid against 21 frames
-    would be 1650 x 34650 floats at once). One difference from the authors' notebook: its loop
-    also updates at t = 0, replacing one queued copy of frame 0 by frame 0's self-propagated
-    (smoothed) labels, and outputs those for frame 0; here frame 0 keeps its given labels."""
+    """Step 3: features [T, h, w, C] (moved to `device` a frame at a time) and frame 0's soft labels [h, w, K] -> soft
+    predictions [T, h, w, K] on the CPU. Unlike the authors' notebook, frame 0 keeps its given labels: its loop also
+    updates at t = 0: one queued copy of frame 0 becomes its self-propagated (smoothed) labels, output for frame 0."""
     T, h, w, C = feats.shape
     N, K = h * w, labels.shape[-1]
     if labels.shape[:2] != (h, w):
@@ -290,10 +255,10 @@ def label_propagation(feats, labels, n_context=20, temperature=0.7, topk=7, radi
     device = feats.device if device is None else torch.device(device)
     # far[q, c]: context cell c of a queued frame is too far from query cell q (frame 0 is exempt).
     # Squared integer distances against radius^2: the same as the notebook's sqrt(d2) < radius.
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    pos = torch.stack([yy.flatten(), xx.flatten()], dim=1)
+    pos = torch.cartesian_prod(torch.arange(h), torch.arange(w))  # [N, 2], row-major as the cells
     far = (((pos[:, None] - pos[None]) ** 2).sum(-1) >= radius ** 2).to(device)  # [N, N]
-    chunk_size = chunk_size or max(1, 2 ** 24 // ((n_context + 1) * N))  # ~64 MB of affinities
+    # Query cells go in chunks of ~64 MB of affinities (a 30x55 grid against 21 frames: 1650 x 34650 at once).
+    chunk_size = chunk_size or max(1, 2 ** 24 // ((n_context + 1) * N))
 
     first = (feats[0].reshape(N, C).to(device, torch.float32), labels.reshape(N, K).to(device, torch.float32))
     queue = deque([first] * n_context, maxlen=n_context)  # the oldest pair drops out on append
@@ -305,12 +270,10 @@ def label_propagation(feats, labels, n_context=20, temperature=0.7, topk=7, radi
         query = feats[t].reshape(N, C).to(device, torch.float32)
         pred = torch.empty(N, K, device=device)
         for s in range(0, N, chunk_size):
-            q = query[s:s + chunk_size]
-            aff = torch.einsum("qc,fnc->qfn", q, ctx_feats) / temperature  # [chunk, 1 + n, N]
+            aff = torch.einsum("qc,fnc->qfn", query[s:s + chunk_size], ctx_feats) / temperature  # [chunk, 1 + n, N]
             aff[:, 1:].masked_fill_(far[s:s + chunk_size, None, :], float("-inf"))
             weights, idx = aff.flatten(1).topk(k, dim=1)  # jointly over all context cells
-            weights = weights.softmax(dim=1)
-            pred[s:s + chunk_size] = torch.einsum("qk,qkl->ql", weights, ctx_labels[idx])
+            pred[s:s + chunk_size] = torch.einsum("qk,qkl->ql", weights.softmax(dim=1), ctx_labels[idx])
         queue.append((query, pred))
         preds.append(pred.cpu())
         if progress is not None:
@@ -318,13 +281,8 @@ def label_propagation(feats, labels, n_context=20, temperature=0.7, topk=7, radi
     return torch.stack(preds).reshape(T, h, w, K)
 
 
-# ----------------------------------------------------------------------------------------------
-# Reading out the predictions.
-
-
 def labels_to_mask(soft, values, size, native_size):
-    """Soft labels [h, w, K] -> label map uint8 [H0, W0]: bilinear to the task resolution, argmax,
-    label values, nearest-exact to the native size (the notebook's cv2 INTER_LINEAR, INTER_NEAREST_EXACT)."""
+    """Step 4: soft labels [h, w, K] -> label map uint8 [H0, W0], as the notebook's cv2 INTER_LINEAR, NEAREST_EXACT."""
     x = F.interpolate(soft.permute(2, 0, 1)[None].float(), size=size, mode="bilinear", align_corners=False)
     label = torch.from_numpy(np.asarray(values, np.float32))[x[0].argmax(0)]
     label = F.interpolate(label[None, None], size=native_size, mode="nearest-exact")[0, 0]
@@ -332,11 +290,9 @@ def labels_to_mask(soft, values, size, native_size):
 
 
 def labels_to_pose(soft, native_size, topk=5):
-    """Soft labels [T, h, w, 1 + J] -> joints [T, J, 2] (x, y) in native pixels and visible [T, J]:
-    the weighted mean of the top-5 cells of each map, scaled by native size / grid size as in the
-    reference. A joint whose map is all zero is invisible."""
-    T, h, w, _ = soft.shape
-    H0, W0 = native_size
+    """Step 4: soft labels [T, h, w, 1 + J] -> joints [T, J, 2] (x, y) in native pixels, scaled by native size /
+    grid size as in the reference, and visible [T, J]: a joint whose map is all zero is invisible (-1)."""
+    (T, h, w, _), (H0, W0) = soft.shape, native_size
     flat = soft[..., 1:].reshape(T, h * w, -1)  # drop the background channel
     vals, ids = flat.topk(topk, dim=1)  # [T, topk, J]
     vals = vals / vals.sum(1, keepdim=True).clamp_min(1e-30)
@@ -349,10 +305,10 @@ def labels_to_pose(soft, native_size, topk=5):
 
 
 # ----------------------------------------------------------------------------------------------
-# Metrics. J and F follow davis2017-evaluation's davis2017/metrics.py line by line, with numpy
-# only. cv2.dilate with skimage's disk is replaced by an exact disk dilation of our own. The
-# toolkit replaces the void label 255 by background before it builds its void mask, so that mask
-# is always empty; here 255 is background and there is no void mask at all, with the same result.
+# Step 5: the metrics. J and F follow davis2017-evaluation's davis2017/metrics.py line by line, with numpy only.
+# cv2.dilate with skimage's disk is replaced by an exact disk dilation of our own. The toolkit replaces the void label
+# 255 by background before it builds its void mask, so that mask is always empty; here 255 is background and there
+# is no void mask at all, with the same result.
 
 
 def davis_j(gt, pred):
@@ -379,10 +335,9 @@ def seg2bmap(seg):
 
 
 def dilate_disk(mask, r):
-    """Binary dilation by skimage.morphology.disk(r), the offsets with dx^2 + dy^2 <= r^2. Pixels
-    outside the image count as empty, as in cv2.dilate. For each row offset dy, dilate every row
-    horizontally by the disk's half-width there (a running sum finds "any pixel within +-half") and
-    shift the result by dy."""
+    """Binary dilation by skimage.morphology.disk(r), the offsets with dx^2 + dy^2 <= r^2. Pixels outside the image
+    count as empty, as in cv2.dilate. For each row offset dy, dilate every row horizontally by the disk's half-width
+    there (a running sum finds "any pixel within +-half") and shift the result by dy."""
     H, W = mask.shape
     out = np.zeros((H, W), bool)
     csum = np.zeros((H, W + 1), np.int32)
@@ -391,10 +346,7 @@ def dilate_disk(mask, r):
     for dy in range(-r, r + 1):
         half = math.isqrt(r * r - dy * dy)
         row = (csum[:, np.minimum(x + half + 1, W)] - csum[:, np.maximum(x - half, 0)]) > 0
-        if dy >= 0:
-            out[:H - dy] |= row[dy:]
-        else:
-            out[-dy:] |= row[:H + dy]
+        out[max(-dy, 0):H - max(dy, 0)] |= row[max(dy, 0):H - max(-dy, 0)]
     return out
 
 
@@ -428,17 +380,21 @@ def davis_f(gt, pred, bound_th=0.008):
     return np.array([_f_frame(g, p, bound_th) for g, p in zip(gt, pred, strict=True)])
 
 
+def davis_summary(rows, n_frames=None):
+    """J-Mean, F-Mean and J&F-Mean over all objects, each on frames 1..T-2 of its video (or of its first n_frames)."""
+    j, f = (float(np.mean([np.mean(r[k][:(n_frames or r["n_frames"]) - 2]) for r in rows])) for k in "jf")
+    return dict(jf=(j + f) / 2, j=j, f=f)
+
+
 def confusion(gt, pred, n_classes=20):
-    """Confusion matrix [n, n] (rows: ground truth, columns: prediction); labels outside 0..n-1 (255:
-    unlabelled) are ignored."""
+    """Confusion matrix [n, n], rows ground truth, columns prediction; labels outside 0..n-1 (255) are ignored."""
     gt, pred = np.asarray(gt).ravel().astype(np.int64), np.asarray(pred).ravel().astype(np.int64)
     keep = (gt >= 0) & (gt < n_classes) & (pred >= 0) & (pred < n_classes)
     return np.bincount(n_classes * gt[keep] + pred[keep], minlength=n_classes ** 2).reshape(n_classes, n_classes)
 
 
 def miou(hist):
-    """(mIoU, per-class IoU) of a confusion matrix, IoU = TP / (GT + predicted - TP); a class absent
-    from both (0 / 0) is left out of the mean."""
+    """(mIoU, per-class IoU) of a confusion matrix, IoU = TP / (GT + predicted - TP); 0 / 0 is left out of the mean."""
     hist = np.asarray(hist, np.float64)
     tp = np.diag(hist)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -447,18 +403,14 @@ def miou(hist):
 
 
 def pck(gt, pred, visible=None, threshold=0.1):
-    """PCK as UVC's eval_pck.py and the authors' notebook compute it: lists over videos (or one video)
-    of joints [T, J, 2] and visible [T, J] (default all; the reference passes the *predicted* joints'
-    visibility). Frames t >= 1 count; a joint is correct within threshold x 0.6 x the diagonal of the
-    visible ground-truth joints' bounding box. Returns (mean over joints, per-joint PCK, each pooling
-    its frames of all videos)."""
-    if isinstance(gt, np.ndarray) and gt.ndim == 3:
-        gt, pred = [gt], [pred]
-        visible = None if visible is None else [visible]
-    if visible is None:
-        visible = [np.ones(g.shape[:2], bool) for g in gt]
-    n_joints = gt[0].shape[1]
-    dists = [[] for _ in range(n_joints)]
+    """PCK as UVC's eval_pck.py and the authors' notebook compute it: lists over videos (or one video) of joints
+    [T, J, 2] and visible [T, J] (default all; the reference passes the *predicted* joints' visibility). Frames t >= 1
+    count; a joint is correct within threshold x 0.6 x the diagonal of the visible ground-truth joints' bounding box.
+    Returns (mean over joints, per-joint PCK, each pooling its frames of all videos)."""
+    if isinstance(gt, np.ndarray) and gt.ndim == 3:  # one video
+        gt, pred, visible = [gt], [pred], None if visible is None else [visible]
+    visible = [np.ones(g.shape[:2], bool) for g in gt] if visible is None else visible
+    dists = [[] for _ in range(gt[0].shape[1])]  # per joint
     for g, p, vis in zip(gt, pred, visible, strict=True):
         g, p, vis = np.asarray(g, np.float64), np.asarray(p, np.float64), np.asarray(vis, bool)
         for t in range(1, len(g)):
@@ -473,19 +425,13 @@ def pck(gt, pred, visible=None, threshold=0.1):
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation, one task at a time.
+# Evaluation, the report and the command line.
 
 
 def _grid(size, patch):
     if size[0] % patch or size[1] % patch:
         raise ValueError(f"--resolution {size[0]} {size[1]} is not a multiple of the patch size {patch}")
     return size[0] // patch, size[1] // patch
-
-
-def propagate(name, frames, labels, extract, prop):
-    """One video: the features of every frame, then frame 0's soft labels propagated through them."""
-    with tqdm(total=2 * len(frames) - 1, desc=name, leave=False) as bar:
-        return label_propagation(extract(frames, progress=bar), labels, progress=bar, **(prop or {}))
 
 
 def _save_masks(folder, names, preds, palette=None):
@@ -497,24 +443,39 @@ def _save_masks(folder, names, preds, palette=None):
         im.save(os.path.join(folder, os.path.basename(name)))
 
 
-def evaluate_davis(videos, extract, resolution, patch_size=16, prop=None, out_dir=None, save_masks=False,
-                   horizons=None):
-    """Propagate each sequence's first-frame masks and score them: a row per object with its J and F
-    of frames 1..T-1 ('j', 'f'; the last frame is dropped when means are taken). With `horizons`,
-    only the first max(horizons) frames are used."""
+def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_dir=None, save_masks=False):
+    """Steps 1-5, video by video: a row per DAVIS object (its J and F of frames 1..T-1, 'j' and 'f'; the last frame
+    is dropped when means are taken), per VIP video (its confusion matrix over all frames, 'hist', as the notebook
+    pools them, and mIoU) or per JHMDB video (the joints 'gt' and 'pred' [T, 15, 2], 'visible' [T, 15], PCK@0.1)."""
     grid, rows = _grid(resolution, patch_size), []
     for video in videos:
-        if horizons:
-            video = dict(video, n=max(horizons), masks=video["masks"][:max(horizons)])
-        frames = read_video(video, resolution)
-        gt = np.stack([read_mask(m) for m in video["masks"]])
-        gt[gt == 255] = 0  # the toolkit reads void as background
-        labels, values = mask_to_labels(gt[0], resolution, grid)
-        soft = propagate(video["name"], frames, labels, extract, prop)
+        frames, native = read_video(video, resolution)
+        if task == "jhmdb":
+            labels = pose_to_labels(video["joints"][0], grid, native)
+        else:
+            gt = np.stack([read_mask(m) for m in video["masks"]])
+            if task == "davis":
+                gt[gt == 255] = 0  # the toolkit reads void as background
+            values = [v for v in np.unique(gt[0]) if task == "davis" or v < len(VIP_CLASSES)]  # VIP's 255: no channel
+            labels, values = mask_to_labels(gt[0], resolution, grid, values)
+        with tqdm(total=2 * len(frames) - 1, desc=video["name"], leave=False) as bar:  # step 1's features, then 3
+            soft = label_propagation(extract(frames, progress=bar), labels, progress=bar, **(prop or {}))
+        if task == "jhmdb":
+            joints, visible = labels_to_pose(soft, native)
+            rows.append(dict(video=video["name"], n_frames=len(frames), gt=video["joints"], pred=joints,
+                             visible=visible, pck=pck(video["joints"], joints, visible)[0]))
+            tqdm.write(f"{video['name']}: PCK@0.1 {rows[-1]['pck']:.3f}  ({len(frames)} frames)")
+            continue
         pred = np.stack([labels_to_mask(s, values, resolution, gt.shape[1:]) for s in soft])
         if save_masks and out_dir:
             with Image.open(video["masks"][0]) as im:
-                _save_masks(os.path.join(out_dir, "masks", video["name"]), video["masks"], pred, im.getpalette())
+                palette = im.getpalette() if task == "davis" else None
+            _save_masks(os.path.join(out_dir, "masks", video["name"]), video["masks"], pred, palette)
+        if task == "vip":
+            hist = sum(confusion(g, p, len(VIP_CLASSES)) for g, p in zip(gt, pred, strict=True))
+            rows.append(dict(video=video["name"], n_frames=len(gt), hist=hist, miou=miou(hist)[0]))
+            tqdm.write(f"{video['name']}: mIoU {rows[-1]['miou']:.3f}  ({len(gt)} frames)")
+            continue
         for obj in range(1, int(gt[0].max()) + 1):  # objects as the toolkit counts them: 1 .. the largest index
             g, p = gt[1:] == obj, pred[1:] == obj
             rows.append(dict(sequence=video["name"], object=obj, n_frames=len(gt), j=davis_j(g, p), f=davis_f(g, p)))
@@ -523,97 +484,38 @@ def evaluate_davis(videos, extract, resolution, patch_size=16, prop=None, out_di
     return rows
 
 
-def davis_summary(rows, n_frames=None):
-    """J-Mean, F-Mean and J&F-Mean over all objects, each scored on frames 1..T-2 of its video (or of
-    the video's first n_frames frames: the long-horizon mode)."""
-    j = float(np.mean([np.mean(r["j"][:(n_frames or r["n_frames"]) - 2]) for r in rows]))
-    f = float(np.mean([np.mean(r["f"][:(n_frames or r["n_frames"]) - 2]) for r in rows]))
-    return dict(jf=(j + f) / 2, j=j, f=f)
-
-
-def evaluate_vip(videos, extract, resolution, patch_size=16, prop=None, out_dir=None, save_masks=False,
-                 n_classes=20):
-    """Propagate each video's first-frame part labels: the confusion matrix summed over all frames of
-    all videos, and a row per video with its own mIoU."""
-    grid, hist, rows = _grid(resolution, patch_size), np.zeros((n_classes, n_classes), np.int64), []
-    for video in videos:
-        frames = read_video(video, resolution)
-        gt = np.stack([read_mask(m) for m in video["masks"]])
-        values = np.array([v for v in np.unique(gt[0]) if v < n_classes])  # 255 (unlabelled) gets no channel
-        labels, values = mask_to_labels(gt[0], resolution, grid, values=values)
-        soft = propagate(video["name"], frames, labels, extract, prop)
-        pred = np.stack([labels_to_mask(s, values, resolution, gt.shape[1:]) for s in soft])
-        if save_masks and out_dir:
-            _save_masks(os.path.join(out_dir, "masks", video["name"]), video["masks"], pred)
-        h = sum(confusion(g, p, n_classes) for g, p in zip(gt, pred, strict=True))  # all frames, as the notebook
-        hist += h
-        rows.append(dict(video=video["name"], n_frames=len(gt), miou=miou(h)[0]))
-        tqdm.write(f"{video['name']}: mIoU {rows[-1]['miou']:.3f}  ({len(gt)} frames)")
-    return hist, rows
-
-
-def evaluate_jhmdb(videos, extract, resolution, patch_size=16, prop=None):
-    """Propagate each video's first-frame joints: the ground-truth and predicted joints and their
-    visibility (lists over videos of [T, 15, 2] / [T, 15]), and a row per video."""
-    grid, gts, preds, visibles, rows = _grid(resolution, patch_size), [], [], [], []
-    for video in videos:
-        frames = read_video(video, resolution)
-        with Image.open(os.path.join(video["frame_dir"], image_names(video["frame_dir"])[0])) as im:
-            native = (im.size[1], im.size[0])
-        soft = propagate(video["name"], frames, pose_to_labels(video["joints"][0], grid, native), extract, prop)
-        joints, visible = labels_to_pose(soft, native)
-        gts.append(video["joints"])
-        preds.append(joints)
-        visibles.append(visible)
-        rows.append(dict(video=video["name"], n_frames=len(frames), pck=pck(gts[-1], joints, visible)[0]))
-        tqdm.write(f"{video['name']}: PCK@0.1 {rows[-1]['pck']:.3f}  ({len(frames)} frames)")
-    return gts, preds, visibles, rows
-
-
 def _write_csv(path, header, rows):
+    """A CSV file, numbers to 4 decimals."""
     with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+        csv.writer(f).writerows([header] + [[f"{v:.4f}" if isinstance(v, float) else v for v in r] for r in rows])
 
 
-def plot_long_horizon(horizons, scores, path, label="RVM"):
-    """Paper Fig. 4: J&F on the first N frames, relative to the first horizon."""
-    fig = Figure(figsize=(4.5, 3.5))
-    ax = fig.subplots()
-    ax.plot(horizons, scores, "o-", label=label)
-    ax.set(xlabel="number of frames", ylabel=f"J&F relative to {horizons[0]} frames", xticks=horizons)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-
-
-def report_davis(rows, horizons, out_dir, label):
-    """DAVIS's CSVs (and Fig. 4's table and plot with horizons); returns the result line."""
+def report_davis(rows, out_dir, horizons=None, label="RVM"):
+    """DAVIS's per-object CSV and, with `horizons`, paper Fig. 4's table and plot: J&F on the first N frames,
+    relative to the first horizon. Returns the result line."""
     n_videos = len({r["sequence"] for r in rows})
     if horizons:
         table = [(n, davis_summary(rows, n)) for n in horizons]
-        base = table[0][1]["jf"]
+        relative = [s["jf"] / table[0][1]["jf"] for _, s in table]
         _write_csv(os.path.join(out_dir, "long_horizon.csv"), ["frames", "J&F-Mean", "J-Mean", "F-Mean",
-                   f"J&F relative to {horizons[0]}"], [[n, f"{s['jf']:.4f}", f"{s['j']:.4f}", f"{s['f']:.4f}",
-                                                         f"{s['jf'] / base:.4f}"] for n, s in table])
-        plot_long_horizon(horizons, [s["jf"] / base for _, s in table], os.path.join(out_dir, "long_horizon.png"),
-                          label)
+                   f"J&F relative to {horizons[0]}"], [[n, s["jf"], s["j"], s["f"], r] for (n, s), r in
+                                                       zip(table, relative, strict=True)])
+        ax = Figure(figsize=(4.5, 3.5)).subplots()
+        ax.plot(horizons, relative, "o-", label=label)
+        ax.set(xlabel="number of frames", ylabel=f"J&F relative to {horizons[0]} frames", xticks=horizons)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.figure.tight_layout()
+        ax.figure.savefig(os.path.join(out_dir, "long_horizon.png"), dpi=150)
         print(f"long horizon, {n_videos} videos of >= {horizons[-1]} frames:")
-        for n, s in table:
-            print(f"  {n:3d} frames  J&F-Mean {s['jf']:.3f}  relative {s['jf'] / base:.3f}")
-    s = davis_summary(rows, horizons[-1] if horizons else None)
-    means = [(np.mean(r["j"][:-1]), np.mean(r["f"][:-1])) for r in rows]
+        for (n, s), r in zip(table, relative, strict=True):
+            print(f"  {n:3d} frames  J&F-Mean {s['jf']:.3f}  relative {r:.3f}")
     _write_csv(os.path.join(out_dir, "davis_per_sequence.csv"), ["sequence", "object", "frames", "J-Mean", "F-Mean",
-               "J&F-Mean"], [[r["sequence"], r["object"], r["n_frames"], f"{j:.4f}", f"{f:.4f}", f"{(j + f) / 2:.4f}"]
-                             for r, (j, f) in zip(rows, means, strict=True)])
+               "J&F-Mean"], [[r["sequence"], r["object"], r["n_frames"], j, f, (j + f) / 2] for r in rows
+                             for j, f in [(np.mean(r["j"][:-1]), np.mean(r["f"][:-1]))]])
+    s = davis_summary(rows)  # the videos are cut to the last horizon already
     return (f"J&F-Mean {s['jf']:.3f}  J-Mean {s['j']:.3f}  F-Mean {s['f']:.3f}  "
             f"({len(rows)} objects in {n_videos} sequences)")
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line.
 
 
 def parse_args(argv=None):
@@ -623,8 +525,7 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="the dataset's folder (layouts: the docstring of this file)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="weights: a train.py checkpoint (.pt) or the authors' .npz")
-    src.add_argument("--untrained", metavar="CONFIG", help="a randomly initialised model of a config's size "
-                     "(e.g. configs/s.py): the untrained baseline")
+    src.add_argument("--untrained", metavar="CONFIG", help="the untrained baseline: a random model of a config's size")
     p.add_argument("--seed", type=int, default=0, help="seeds --untrained's initialisation")
     p.add_argument("--features", default="core", choices=["core", "encoder"],
                    help="core: the recurrent core's output (RVM); encoder: per-frame encoder output (image model)")
@@ -646,33 +547,30 @@ def parse_args(argv=None):
     args.horizons = sorted(int(n) for n in args.horizons.split(",")) if args.long_horizon else None
     args.topk = args.topk or TASKS[args.task]["topk"]
     args.resolution = tuple(args.resolution or TASKS[args.task]["resolution"])
-    ckpt = Path(args.ckpt or "")
-    model_name = (ckpt.parent.name if ckpt.stem == "ckpt" else ckpt.stem) if args.ckpt else \
-        f"untrained-{Path(args.untrained).stem}"
+    src = Path(args.ckpt or args.untrained)  # out/<run>/ckpt.pt is named <run>
+    model_name = f"untrained-{src.stem}" if args.untrained else src.parent.name if src.stem == "ckpt" else src.stem
     args.out_dir = args.out_dir or os.path.join("out", "labelprop", f"{args.task}-{model_name}-{args.features}-"
                                                 f"{args.resolution[0]}x{args.resolution[1]}")
     if args.n_context < 0 or args.topk < 1 or args.temperature <= 0:
         raise ValueError("need --n_context >= 0, --topk >= 1 and --temperature > 0")
+    if args.long_horizon and (args.task != "davis" or args.horizons[0] < 3 or args.max_frames):
+        raise ValueError(f"--long_horizon is the DAVIS experiment of paper Fig. 4 (--task=davis), on --horizons of >= "
+                         f"3 frames (first and last are not scored; got {args.horizons}), without --max_frames")
+    if args.max_frames and args.max_frames < (3 if args.task == "davis" else 2):
+        raise ValueError("--max_frames is too small to leave a frame to score")
     return args
 
 
 def load_videos(args):
-    """Read and check the whole dataset, cut as --sequences, --max_frames and --long_horizon say."""
+    """Read and check the whole dataset; keep the videos long enough for --long_horizon, and cut each to its
+    first --max_frames frames (--long_horizon: the largest of --horizons, whose predictions serve all)."""
     videos = dict(davis=read_davis, jhmdb=read_jhmdb, vip=read_vip)[args.task](args.data, args.sequences)
-    if args.long_horizon:
-        if args.task != "davis":
-            raise ValueError("--long_horizon is the DAVIS experiment of paper Fig. 4; use --task=davis")
-        if args.horizons[0] < 3 or args.max_frames:
-            raise ValueError(f"--horizons must be >= 3 frames (first and last are not scored), got {args.horizons};"
-                             " --long_horizon picks its own frame counts, without --max_frames")
-        videos = [v for v in videos if v["n"] >= args.horizons[-1]]
-        if not videos:
-            raise ValueError(f"no video in {args.data} has the {args.horizons[-1]} frames --long_horizon needs")
-    if args.max_frames:
-        if args.max_frames < (3 if args.task == "davis" else 2):
-            raise ValueError("--max_frames is too small to leave a frame to score")
-        videos = [dict(v, n=min(v["n"], args.max_frames), **{k: v[k][:args.max_frames] for k in ("masks", "joints")
-                                                              if k in v}) for v in videos]
+    n = args.horizons[-1] if args.long_horizon else args.max_frames
+    videos = [v for v in videos if not args.long_horizon or v["n"] >= n]
+    if not videos:
+        raise ValueError(f"no video in {args.data} has the {n} frames --long_horizon needs")
+    if n:
+        videos = [dict(v, n=min(v["n"], n), **{k: v[k][:n] for k in ("masks", "joints") if k in v}) for v in videos]
     return videos
 
 
@@ -684,11 +582,11 @@ def main(argv=None):
         model = RVM(config_from_file(args.untrained)).eval()
     else:
         model = load_model(args.ckpt)
-    model = model.to(args.device)
-    h, w = _grid(args.resolution, model.config.patch_size)
+    model, P, out = model.to(args.device), model.config.patch_size, args.out_dir
+    h, w = _grid(args.resolution, P)
     if h * w > 16384:  # label_propagation keeps an N x N neighbourhood mask: N = 16384 is 256 MB already
         raise ValueError(f"--resolution {args.resolution[0]} {args.resolution[1]} with this model's patch size "
-                         f"{model.config.patch_size} is {h * w} tokens per frame: far too many for label propagation "
+                         f"{P} is {h * w} tokens per frame: far too many for label propagation "
                          "(the paper's 480x880 at patch 16 is 1650); lower --resolution")
     extract = model_features(model, args.features, args.device)
     prop = dict(n_context=args.n_context, temperature=args.temperature, topk=args.topk, radius=args.radius,
@@ -696,29 +594,24 @@ def main(argv=None):
     print(f"{args.task}: {len(videos)} videos at {args.resolution[0]}x{args.resolution[1]}, "
           f"{args.ckpt or f'untrained {args.untrained}'}, {args.features} features, n_context {args.n_context}, "
           f"temperature {args.temperature}, top-k {args.topk}, radius {args.radius:g}")
-    os.makedirs(args.out_dir, exist_ok=True)
-    P = model.config.patch_size
+    os.makedirs(out, exist_ok=True)
+    rows = evaluate(args.task, videos, extract, args.resolution, P, prop, out, args.save_masks)
     if args.task == "davis":
-        rows = evaluate_davis(videos, extract, args.resolution, P, prop, args.out_dir, args.save_masks, args.horizons)
-        line = report_davis(rows, args.horizons, args.out_dir, f"{args.features} features")
+        line = report_davis(rows, out, args.horizons, f"{args.features} features")
     elif args.task == "vip":
-        hist, rows = evaluate_vip(videos, extract, args.resolution, P, prop, args.out_dir, args.save_masks)
-        m, per_class = miou(hist)
-        _write_csv(os.path.join(args.out_dir, "vip_per_video.csv"), ["video", "frames", "mIoU"],
-                   [[r["video"], r["n_frames"], f"{r['miou']:.4f}"] for r in rows])
-        _write_csv(os.path.join(args.out_dir, "vip_per_class.csv"), ["class", "IoU"],
-                   [[c, f"{v:.4f}"] for c, v in zip(VIP_CLASSES, per_class, strict=True)])
+        m, per_class = miou(sum(r["hist"] for r in rows))
+        _write_csv(os.path.join(out, "vip_per_video.csv"), ["video", "frames", "mIoU"],
+                   [[r["video"], r["n_frames"], r["miou"]] for r in rows])
+        _write_csv(os.path.join(out, "vip_per_class.csv"), ["class", "IoU"], zip(VIP_CLASSES, per_class, strict=True))
         line = f"mIoU {m:.3f}  ({len(videos)} videos, {len(VIP_CLASSES)} classes)"
     else:
-        gts, preds, visibles, rows = evaluate_jhmdb(videos, extract, args.resolution, P, prop)
-        _write_csv(os.path.join(args.out_dir, "jhmdb_per_video.csv"), ["video", "frames", "PCK@0.1"],
-                   [[r["video"], r["n_frames"], f"{r['pck']:.4f}"] for r in rows])
-        line = (f"PCK@0.1 {pck(gts, preds, visibles, 0.1)[0]:.3f}  PCK@0.2 {pck(gts, preds, visibles, 0.2)[0]:.3f}  "
-                f"({len(videos)} videos)")
+        joints = [[r[k] for r in rows] for k in ("gt", "pred", "visible")]
+        _write_csv(os.path.join(out, "jhmdb_per_video.csv"), ["video", "frames", "PCK@0.1"],
+                   [[r["video"], r["n_frames"], r["pck"]] for r in rows])
+        line = f"PCK@0.1 {pck(*joints, 0.1)[0]:.3f}  PCK@0.2 {pck(*joints, 0.2)[0]:.3f}  ({len(videos)} videos)"
     print(line)
-    with open(os.path.join(args.out_dir, f"{args.task}_result.txt"), "w") as f:
-        f.write(line + "\n")
-    print(f"wrote {args.out_dir}/")
+    Path(out, f"{args.task}_result.txt").write_text(line + "\n")
+    print(f"wrote {out}/")
     return line
 
 
