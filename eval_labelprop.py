@@ -545,7 +545,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.sequences = [s for s in args.sequences.split(",") if s] if args.sequences else None
     args.horizons = sorted(int(n) for n in args.horizons.split(",")) if args.long_horizon else None
-    args.topk = args.topk or TASKS[args.task]["topk"]
+    args.topk = TASKS[args.task]["topk"] if args.topk is None else args.topk  # --topk=0 is an error, not the default
     args.resolution = tuple(args.resolution or TASKS[args.task]["resolution"])
     src = Path(args.ckpt or args.untrained)  # out/<run>/ckpt.pt is named <run>
     model_name = f"untrained-{src.stem}" if args.untrained else src.parent.name if src.stem == "ckpt" else src.stem

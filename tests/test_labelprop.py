@@ -475,6 +475,12 @@ def test_bad_data_is_reported_before_any_model_work(tmp_path, monkeypatch):
             lp.main(["--task=davis", f"--data={root}", f"--out_dir={tmp_path / 'out'}", *source])
 
 
+@pytest.mark.parametrize("setting", ["--topk=0", "--temperature=0", "--n_context=-1"])
+def test_impossible_propagation_settings_stop_before_any_work(tmp_path, setting):
+    with pytest.raises(ValueError, match="need --n_context >= 0, --topk >= 1 and --temperature > 0"):
+        lp.main(["--task=davis", f"--data={tmp_path}", "--untrained=configs/s.py", setting])
+
+
 # ----------------------------------------------------------------------------------------------
 # End to end through the command line, with a randomly initialised tiny model.
 
