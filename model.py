@@ -68,7 +68,8 @@ class RVMConfig:
 
 
 def config_from_file(path, **overrides):
-    """The RVMConfig a config file describes (configs/*.py: plain Python, as train.py reads them)."""
+    """The RVMConfig a config file describes (configs/*.py: plain Python, as train.py reads them);
+    `overrides` win over the file."""
     namespace = {}
     try:
         exec(compile(open(path).read(), str(path), "exec"), namespace)
@@ -76,7 +77,7 @@ def config_from_file(path, **overrides):
         raise FileNotFoundError(f"config file {path}: {err.strerror}") from None
     except Exception as err:  # noqa: BLE001 -- a broken config file gets its name, not a trace
         raise ValueError(f"config file {path}: {type(err).__name__}: {err}") from None
-    return RVMConfig(**{f.name: namespace[f.name] for f in fields(RVMConfig) if f.name in namespace}, **overrides)
+    return RVMConfig(**{**{f.name: namespace[f.name] for f in fields(RVMConfig) if f.name in namespace}, **overrides})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -121,6 +121,8 @@ def test_table5_configs_and_the_official_key_names(size, paper, tol):
     assert set(ours) == set(theirs) and len(ours) == len(model.state_dict())  # one to one
     for key, shape in theirs.items():
         assert int(np.prod(shape)) == ours[key].numel(), key
+    shallow = config_from_file(ROOT / "configs" / f"{size}.py", enc_layers=1, mask_ratio=0.5)  # overrides win
+    assert (shallow.enc_layers, shallow.mask_ratio, shallow.width) == (1, 0.5, model.config.width)
 
 
 # -- the recurrence (§3.2) -------------------------------------------------------------------------
