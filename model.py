@@ -269,7 +269,10 @@ class RVM(nn.Module):
         self.detokenizer = nn.Linear(c.dec_width, P * P * 3)
         self._positions = {}  # (kind, h, w, device) -> position table, built on first use
 
-    def _positions_for(self, kind, h, w, device):
+    def positions(self, kind, h, w, device):
+        """The position table of the encoder ('enc') or decoder ('dec') for an h x w grid, built once per
+        grid and device. Under torch.compile, build it before the first step: a table built inside the
+        compiled graph makes the second step compile again."""
         key = (kind, h, w, str(device))
         if key not in self._positions:
             c = self.config
@@ -286,7 +289,7 @@ class RVM(nn.Module):
         x = self.tokenizer(frames)
         h, w = x.shape[-2:]
         x = rearrange(x, "b d h w -> b (h w) d")
-        return x + self._positions_for("enc", h, w, frames.device).to(x.dtype)
+        return x + self.positions("enc", h, w, frames.device).to(x.dtype)
 
     def with_cls(self, tokens):
         return torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
@@ -421,7 +424,7 @@ class RVM(nn.Module):
         x = torch.gather(x, 1, mask_perm.argsort(dim=1)[..., None].expand(-1, -1, x.shape[-1]))  # shuffle undone
         onehot = F.one_hot(rearrange(deltas, "b t -> (b t)").to(x.device).long(), c.n_deltas).to(x.dtype)
         x = x + self.delta_embedder(onehot)[:, None, :]  # Δ on the patch tokens, not on CLS
-        x = x + self._positions_for("dec", H // P, W // P, x.device).to(x.dtype)
+        x = x + self.positions("dec", H // P, W // P, x.device).to(x.dtype)
         x = self.decoder(torch.cat([cls, x], dim=1), memory)
         patches = self.detokenizer(x[:, 1:])  # CLS dropped; a patch's pixels are (row, column, channel)
         return rearrange(patches.float(), "(b t) (h w) (p q c) -> b t c (h p) (w q)", b=B, h=H // P, p=P, q=P)
