@@ -109,10 +109,14 @@ def bench_train(args):
     source, target = torch.rand(batch, 4, 3, res, res, device=DEVICE), torch.rand(batch, 4, 3, res, res, device=DEVICE)
     deltas = torch.randint(7, 52, (batch, 4))
     peak = peak_flops(DEVICE, DTYPE)
-    out = {"config": f"configs/{name}.py", "resolution": res, "batch": batch, "peak_tflops": peak / 1e12}
+    depths = dict(enc_layers=2, core_layers=1, dec_layers=2) if args.quick else {}  # --compile's time is per block
+    out = {"config": f"configs/{name}.py" + " at depths 2/1/2 (--quick)" * args.quick, "resolution": res,
+           "batch": batch, "peak_tflops": peak / 1e12}
     modes = ["eager"] + ["compiled"] * args.compile + ["bf16_weights"] * args.bf16_weights
     for mode in modes:  # each from a fresh model and optimizer (fused AdamW on a GPU)
-        model = RVM(size(name)).to(DEVICE)
+        model = RVM(size(name, **depths)).to(DEVICE)
+        grid = res // model.config.patch_size  # position tables built before compiling (RVM.positions says why)
+        model.positions("enc", grid, grid, DEVICE), model.positions("dec", grid, grid, DEVICE)
         net = torch.compile(model) if mode == "compiled" else bf16_weights(model) if mode == "bf16_weights" else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=GPU)
 
@@ -211,7 +215,7 @@ SECTIONS = {"encoder": bench_encoder, "train": bench_train, "stream": bench_stre
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
-    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats, a shallower training step")
     p.add_argument("--image_size", type=int, help="every section's resolution")
     p.add_argument("--batch", type=int, help="the training step's batch")
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd training step")

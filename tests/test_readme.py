@@ -20,8 +20,8 @@ import pytest
 from conftest import DATA, REFERENCE, ROOT
 
 TOY = {"train.py": "--max_steps=2 --batch_size=2 --micro_batch=1 --num_workers=0 --warmup_steps=1 --log_interval=1 "
-                   "--eval_interval=1 --dtype=float32",
-       "eval_labelprop.py": "--max_frames=4",
+                   "--eval_interval=1 --dtype=float32 --enc_layers=1 --core_layers=1 --dec_layers=1",
+       "eval_labelprop.py": "--max_frames=4 --resolution 64 112",
        "visualize.py": "--frames=6",
        "bench.py": "--quick --json=bench.json --batch=2 --image_size=32"}
 
@@ -49,10 +49,10 @@ def toy(command):
     words = [w.replace("--nproc_per_node=8", "--nproc_per_node=2") for w in words]
     extra = TOY.get(script, "") + (" --image_size=32" if script == "train.py" and "noise_square" not in words[-1]
                                     else "")
-    if script == "eval_labelprop.py":
-        extra += " --resolution 64 112" if "--task=davis" in words else ""
-        extra = extra.replace("--max_frames=4", "--horizons=4,6") if "--long_horizon" in words else extra
-    return [sys.executable if w == "python" else w for w in words] + extra.split()
+    if script == "eval_labelprop.py" and "--long_horizon" in words:
+        extra = extra.replace("--max_frames=4", "--horizons=4,6")
+    return [sys.executable if w == "python" else w for w in words] + [w for w in extra.split()
+                                                                      if not (w.startswith("--") and w in words)]
 
 
 def workspace(tmp_path):
