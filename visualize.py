@@ -182,8 +182,9 @@ def position_features(T, h, w):
 
 
 def noise_square_demo(model, video, masks, features, args):
-    """The demo's table: each row's best single K-means cluster and its mean IoU with the square over frames 4..T-1
-    (video uint8 [T, 3, H, W], masks bool [T, H, W], `features` the model's core features of the video)."""
+    """The demo's table: each row's best single K-means cluster and its mean IoU with the square over frames 4..T-1,
+    after the state has seen the 4 frames a training clip's source holds (video uint8 [T, 3, H, W], masks bool
+    [T, H, W], `features` the model's core features of the video)."""
     T, size, P, first = len(video), video.shape[-1], model.config.patch_size, min(4, len(video) - 1)
     x, x0 = video.float() / 255, without_square(video, masks, args.seed).float() / 255
     truth, device = patch_masks(masks, P), args.device
@@ -207,10 +208,6 @@ def noise_square_demo(model, video, masks, features, args):
         print(f"  {name:32s} {mean:6.3f}")
     means = [mean for _, _, mean in scores.values()]
     print(f"  {'core minus the best other row':32s} {means[0] - max(means[1:]):+.3f}")
-    if args.per_frame:  # frames before `first` are not scored: the state is still filling
-        print("frame " + " ".join(f"{s:>10}" for s in ("core", "encoder", "untrained", "no square", "positions")))
-        for t in range(T):
-            print(f"{t:4d}{' ' if t >= first else '*'} " + " ".join(f"{s[1][t].item():10.3f}" for s in scores.values()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,7 +280,6 @@ def parse_args(argv=None):
     p.add_argument("--square", type=int, help="stimulus: the square's side in pixels (default half the frame)")
     p.add_argument("--speed", type=float, help="stimulus: pixels per frame (default: across the frame once)")
     p.add_argument("--direction", default="right", choices=["right", "left", "up", "down"])
-    p.add_argument("--per_frame", action="store_true", help="demo: also print each frame's IoU")
     p.add_argument("--k", type=int, default=5, help="K-means clusters (§13: 5)")
     p.add_argument("--seed", type=int, default=0, help="seeds K-means, the stimulus and the untrained models")
     p.add_argument("--fps", type=float, default=8)
