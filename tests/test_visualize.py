@@ -287,8 +287,11 @@ def test_bad_videos_and_weights_are_one_line_on_the_command_line(tmp_path):
              for name in ("empty.mp4", "text.mp4", "cut.mp4") for frames in ([], ["--frames=4"])]
     cases += [([f"--video={path}", f"--ckpt={tmp_path / 'cut.npz'}"], "cut.npz: not a readable .npz"),
               ([f"--video={path}", f"--ckpt={tmp_path / 'none.pt'}"], "none.pt: no such checkpoint")]
-    for args, message in cases:
-        out = subprocess.run([sys.executable, str(ROOT / "visualize.py"), *args, f"--out_dir={tmp_path / 'o'}"],
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 1 and message in out.stderr, out.stderr
-        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+    for args, message in cases:  # each an error of the kinds the command line turns into one line
+        with pytest.raises((ValueError, OSError)) as err:
+            vis.main([*args, f"--out_dir={tmp_path / 'o'}"])
+        assert message in str(err.value) and "\n" not in str(err.value)
+    out = subprocess.run([sys.executable, str(ROOT / "visualize.py"), *cases[2][0], f"--out_dir={tmp_path / 'o'}"],
+                         capture_output=True, text=True, timeout=120)  # and it does
+    assert out.returncode == 1 and cases[2][1] in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
