@@ -1,5 +1,6 @@
 """train.py end to end: each test runs it as a subprocess (one process, or torchrun on CPU/gloo)
-on a tiny model and the white-noise square data, with out_dir in tmp_path.
+on a tiny model and the white-noise square data, with out_dir in tmp_path; a run that stops at its
+settings runs in a fork of the test process instead (run_forked), which saves an interpreter's start.
 
 Equalities tested: 2 processes (DDP, FSDP2; also 2 simulated nodes) train exactly like 1 process
 on the same global batch (train.py's data "slots", see its docstring); a run killed from outside

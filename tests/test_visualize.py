@@ -292,6 +292,6 @@ def test_bad_videos_and_weights_are_one_line_on_the_command_line(tmp_path):
             vis.main([*args, f"--out_dir={tmp_path / 'o'}"])
         assert message in str(err.value) and "\n" not in str(err.value)
     out = subprocess.run([sys.executable, str(ROOT / "visualize.py"), *cases[2][0], f"--out_dir={tmp_path / 'o'}"],
-                         capture_output=True, text=True, timeout=120)  # and it does
+                         capture_output=True, text=True, timeout=120)  # the command line: one line, no trace
     assert out.returncode == 1 and cases[2][1] in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
