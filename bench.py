@@ -115,8 +115,7 @@ def bench_train(args):
     modes = ["eager"] + ["compiled"] * args.compile + ["bf16_weights"] * args.bf16_weights
     for mode in modes:  # each from a fresh model and optimizer (fused AdamW on a GPU)
         model = RVM(size(name, **depths)).to(DEVICE)
-        grid = res // model.config.patch_size  # position tables built before compiling (RVM.positions says why)
-        model.positions("enc", grid, grid, DEVICE), model.positions("dec", grid, grid, DEVICE)
+        model.positions(*[res // model.config.patch_size] * 2, DEVICE)  # before compiling: RVM.positions
         net = torch.compile(model) if mode == "compiled" else bf16_weights(model) if mode == "bf16_weights" else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=GPU)
 

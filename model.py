@@ -267,19 +267,18 @@ class RVM(nn.Module):
         self.delta_embedder = nn.Linear(c.n_deltas, c.dec_width)  # the time gap Δ, one-hot in
         self.decoder = CrossTransformer(c.dec_width, c.dec_layers, c.dec_heads, c.dec_mlp, c.grad_checkpoint)
         self.detokenizer = nn.Linear(c.dec_width, P * P * 3)
-        self._positions = {}  # (kind, h, w, device) -> position table, built on first use
+        self._positions = {}  # (h, w, device) -> the two position tables, built on first use
 
-    def positions(self, kind, h, w, device):
-        """The position table of the encoder ('enc') or decoder ('dec') for an h x w grid, built once per
-        grid and device. Under torch.compile, build it before the first step: a table built inside the
-        compiled graph makes the second step compile again."""
-        key = (kind, h, w, str(device))
+    def positions(self, h, w, device):
+        """The position tables (encoder [h*w, width], decoder [h*w, dec_width]) of an h x w grid, built once
+        per grid and device. Under torch.compile, build them before the first step: tables built inside the
+        compiled graph make the second step compile again. The decoder's is a fresh 1-D table for the
+        target's grid, never resized."""
+        key = (h, w, str(device))
         if key not in self._positions:
             c = self.config
-            # The decoder's table is a fresh 1-D table for the target's grid, never resized.
-            table = (encoder_positions(h, w, c.width, c.base_grid) if kind == "enc"
-                     else sincos_table(h * w, c.dec_width))
-            self._positions[key] = table.to(device)
+            tables = encoder_positions(h, w, c.width, c.base_grid), sincos_table(h * w, c.dec_width)
+            self._positions[key] = tuple(t.to(device) for t in tables)
         return self._positions[key]
 
     # -- tokenizer and encoder (§3.1) --
@@ -289,7 +288,7 @@ class RVM(nn.Module):
         x = self.tokenizer(frames)
         h, w = x.shape[-2:]
         x = rearrange(x, "b d h w -> b (h w) d")
-        return x + self.positions("enc", h, w, frames.device).to(x.dtype)
+        return x + self.positions(h, w, frames.device)[0].to(x.dtype)
 
     def with_cls(self, tokens):
         return torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
@@ -424,7 +423,7 @@ class RVM(nn.Module):
         x = torch.gather(x, 1, mask_perm.argsort(dim=1)[..., None].expand(-1, -1, x.shape[-1]))  # shuffle undone
         onehot = F.one_hot(rearrange(deltas, "b t -> (b t)").to(x.device).long(), c.n_deltas).to(x.dtype)
         x = x + self.delta_embedder(onehot)[:, None, :]  # Δ on the patch tokens, not on CLS
-        x = x + self.positions("dec", H // P, W // P, x.device).to(x.dtype)
+        x = x + self.positions(H // P, W // P, x.device)[1].to(x.dtype)
         x = self.decoder(torch.cat([cls, x], dim=1), memory)
         patches = self.detokenizer(x[:, 1:])  # CLS dropped; a patch's pixels are (row, column, channel)
         return rearrange(patches.float(), "(b t) (h w) (p q c) -> b t c (h p) (w q)", b=B, h=H // P, p=P, q=P)

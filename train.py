@@ -493,9 +493,8 @@ if spmd:  # FSDP as XLA does it (torch_xla's FSDPv2): each weight split along it
     print(f"SPMD over {n_devices} XLA devices: every weight split along its largest dimension, e.g. {example_name} "
           f"{list(example.shape)} as " + " + ".join(str(list(s.data.shape)) for s in xs.XLAShardedTensor(example)
                                                    .local_shards))
-if compile:  # the position tables first: one built inside the compiled graph would compile the step twice
-    grid = image_size // model_config.patch_size
-    raw_model.positions("enc", grid, grid, dev), raw_model.positions("dec", grid, grid, dev)
+if compile:  # the position tables first: built inside the compiled graph, they would compile the step twice
+    raw_model.positions(*[image_size // model_config.patch_size] * 2, dev)
     model = torch.compile(model, backend="openxla" if device == "xla" else "inductor")
 if sharding == "ddp":  # on XLA, as torch_xla's docs advise: gradients as views of the buckets
     model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device == "cuda" else None,

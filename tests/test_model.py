@@ -51,8 +51,8 @@ def test_config_inferred_from_official_shapes(official):
 
 def test_parity_intermediates(official, ref):
     frame0 = channels_first(ref["video"])[:, 0]
-    close(official.positions("enc", 4, 4, "cpu"), ref["debug/posenc_encoder"].reshape(16, 32))
-    close(official.positions("dec", 4, 4, "cpu"), ref["debug/posenc_decoder"].reshape(16, 64))
+    close(official.positions(4, 4, "cpu")[0], ref["debug/posenc_encoder"].reshape(16, 32))
+    close(official.positions(4, 4, "cpu")[1], ref["debug/posenc_decoder"].reshape(16, 64))
     with torch.no_grad():
         close(official.tokenizer(frame0).permute(0, 2, 3, 1), ref["debug/frame0_patch_embed_out"])
         close(official.tokenize(frame0), ref["debug/frame0_tokenizer_out"].reshape(1, 16, 32))
@@ -194,7 +194,7 @@ def test_480x880_video_streams_with_resized_positions():
     assert feats.shape == (2, 30, 55, 32) and torch.isfinite(feats).all()
     # the resized table keeps the grid's order: a token's position is closer to its neighbour's than
     # to a far token's (parity with the authors' resize is tested at 16 -> 4 above)
-    table = model.positions("enc", 30, 55, "cpu")
+    table = model.positions(30, 55, "cpu")[0]
     near, far = (F.cosine_similarity(table[0], table[i], dim=0) for i in (1, 30 * 55 - 1))
     assert near > far + 0.1
 
