@@ -18,6 +18,7 @@ width. Every token set carries a CLS token in front, so a frame has N + 1 tokens
 """
 
 import functools
+import itertools
 import math
 import time
 from dataclasses import dataclass, fields
@@ -179,6 +180,13 @@ class CrossAttentionBlock(nn.Module):
         return x + self.attention(self.attention_norm(x))
 
 
+def lecun_normal_(weight):
+    """Flax's default kernel init: a normal truncated at 2 standard deviations, scaled so that the
+    variance is 1 / fan_in (fan_in = inputs x kernel area)."""
+    std = math.sqrt(1 / nn.init._calculate_fan_in_and_fan_out(weight)[0]) / 0.87962566103423978
+    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
 def run_blocks(blocks, x, *args, grad_checkpoint=False):
     """x through each block; with grad_checkpoint, each block's activations are recomputed in the
     backward pass instead of stored (the core's backpropagation through time fills memory, §5)."""
@@ -268,6 +276,14 @@ class RVM(nn.Module):
         self.decoder = CrossTransformer(c.dec_width, c.dec_layers, c.dec_heads, c.dec_mlp, c.grad_checkpoint)
         self.detokenizer = nn.Linear(c.dec_width, P * P * 3)
         self._positions = {}  # (h, w, device) -> the two position tables, built on first use
+        # The authors' initialisation (their released Flax model; the paper states none): MLP layers
+        # xavier_uniform, every other linear or conv kernel (attention, gates, embedders, tokenizer)
+        # Flax's default lecun_normal, every bias zero; CLS and MASK N(0, 0.02) above; norms 1 and 0.
+        for name, m in self.named_modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                (nn.init.xavier_uniform_ if name.split(".")[-2:-1] == ["mlp"] else lecun_normal_)(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def positions(self, h, w, device):
         """The position tables (encoder [h*w, width], decoder [h*w, dec_width]) of an h x w grid, built once
@@ -349,17 +365,12 @@ class RVM(nn.Module):
     def patch_features(self, frames, kind="core"):
         """What the evaluations and pictures use: the frames [3, H, W] of one video from any iterable,
         streamed -> patch features [T, h, w, D] in float32, CLS dropped, patches row-major."""
-        widths = []
-
-        def batches():
-            for frame in frames:
-                widths.append(frame.shape[-1] // self.config.patch_size)
-                yield frame[None]
-
-        out = [o[0, 1:].float() for o in self.stream(batches(), kind)]
-        if not out:
+        frames = iter(frames)
+        first = next(frames, None)
+        if first is None:
             raise ValueError("patch_features(): the video has no frames")
-        return rearrange(torch.stack(out), "t (h w) d -> t h w d", w=widths[-1])
+        out = [o[0, 1:].float() for o in self.stream((f[None] for f in itertools.chain([first], frames)), kind)]
+        return rearrange(torch.stack(out), "t (h w) d -> t h w d", w=first.shape[-1] // self.config.patch_size)
 
     def _attn_features(self, video):
         """The §9 baseline: every frame's tokens (with CLS) concatenated, a sin/cos time embedding
@@ -438,35 +449,28 @@ class RVM(nn.Module):
     # -- input checks, in one place: a wrong input stops here with a message, not deep in torch --
 
     def _check_frames(self, x, what, ndim):
-        shape = "[B, 3, H, W]" if ndim == 4 else "[B, T, 3, H, W]"
-        if not torch.is_tensor(x) or not x.is_floating_point():
-            kind = x.dtype if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"{what}: expected a float tensor {shape} with values in [0, 1], got {kind} "
-                             "(convert uint8 frames with x.float() / 255)")
-        if x.ndim != ndim or x.shape[-3] != 3:
-            raise ValueError(f"{what}: expected shape {shape} with 3 colour channels, got {tuple(x.shape)}")
-        P = self.config.patch_size
-        if x.shape[-2] % P or x.shape[-1] % P:
-            raise ValueError(f"{what}: frame size {tuple(x.shape[-2:])} is not a multiple of the patch size {P}")
+        shape, P = "[B, 3, H, W]" if ndim == 4 else "[B, T, 3, H, W]", self.config.patch_size
+        if not (torch.is_tensor(x) and x.is_floating_point()):
+            raise ValueError(f"{what}: expected a float tensor {shape} with values in [0, 1], got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} (convert uint8 frames with x.float() / 255)")
+        if x.ndim != ndim or x.shape[-3] != 3 or x.shape[-2] % P or x.shape[-1] % P:
+            raise ValueError(f"{what}: expected shape {shape} with 3 colour channels, H and W each a multiple of the "
+                             f"patch size {P}; got {tuple(x.shape)}")
 
     def _check_inputs(self, source, target, deltas, mask_perm):
-        """Checks forward's inputs; returns deltas and the masking permutation [B*T, N] (on the target's device).
-        Nothing here reads a device tensor back to the host (a device round trip would stall XLA)."""
+        """Checks forward's inputs; returns the time gaps, checked on the host (where train.py hands them over: a
+        device tensor is copied there), and the masking permutation [B*T, N] on the target's device."""
         self._check_frames(source, "source", ndim=5)
         self._check_frames(target, "target", ndim=5)
-        if source.shape[0] != target.shape[0] or source.shape[-2:] != target.shape[-2:]:
+        (B, T, _, H, W), P = target.shape, self.config.patch_size
+        N, deltas = (H // P) * (W // P), torch.as_tensor(deltas).cpu()
+        if source.shape[0] != B or source.shape[-2:] != target.shape[-2:]:
             raise ValueError(f"source {tuple(source.shape)} and target {tuple(target.shape)} must share batch "
                              "and frame size")
-        B, T, _, H, W = target.shape
-        N = (H // self.config.patch_size) * (W // self.config.patch_size)
-        deltas = torch.as_tensor(deltas)
-        if deltas.shape != (B, T):
-            raise ValueError(f"deltas: expected shape [B, T] = [{B}, {T}], got {tuple(deltas.shape)}")
-        # The authors' one-hot turns a Δ out of range into zeros, silently; ours refuses it. Checked
-        # where it costs nothing: on CPU tensors (train.py hands deltas over on the CPU).
-        if deltas.device.type == "cpu" and (deltas.min() < 0 or deltas.max() >= self.config.n_deltas):
-            raise ValueError(f"deltas: time gaps must lie in [0, {self.config.n_deltas}), got "
-                             f"{deltas.min().item()}..{deltas.max().item()}")
+        # The authors' one-hot turns a Δ out of range into zeros, silently; ours refuses it.
+        if deltas.shape != (B, T) or deltas.min() < 0 or deltas.max() >= self.config.n_deltas:
+            raise ValueError(f"deltas: expected [B, T] = [{B}, {T}] time gaps in [0, {self.config.n_deltas}), got "
+                             f"shape {tuple(deltas.shape)} and values {deltas.min().item()}..{deltas.max().item()}")
         if mask_perm is None:
             return deltas, torch.rand(B * T, N, device=target.device).argsort(dim=1)
         mask_perm = torch.as_tensor(mask_perm)

@@ -319,6 +319,38 @@ def test_tiny_model_overfits_one_clip():
     assert loss.item() < first / 10
 
 
+# -- initialisation: the authors' ---------------------------------------------------------------
+
+def test_initialisation_is_the_authors():
+    """Flax's initialisers as the authors' model uses them, at a width where spreads are sharp: attention, gates,
+    embedders and tokenizer lecun_normal (std 1/sqrt(fan_in), truncated at 2 of its own std), MLP layers
+    xavier_uniform (bound sqrt(6 / (fan_in + fan_out))), every bias 0, CLS and MASK N(0, 0.02), norms 1 and 0."""
+    torch.manual_seed(0)
+    D = 1024
+    m = RVM(RVMConfig(width=D, enc_heads=16, core_heads=16, enc_layers=1, core_layers=1, dec_layers=1))
+    lecun = {"encoder.layers.0.attention.query": D, "encoder.layers.0.attention.out": D,
+             "rnn_core.transformer.xa_blocks.0.ca_attention.key": D, "rnn_core.input_update": D,
+             "rnn_core.state_reset": D, "decoder_embedder": D, "delta_embedder": 64, "detokenizer": 512,
+             "decoder.xa_blocks.0.attention.value": 512, "tokenizer": 3 * 16 * 16}
+    modules = dict(m.named_modules())
+    for name, fan_in in lecun.items():
+        w, std = modules[name].weight, fan_in ** -0.5
+        assert w.std().item() == pytest.approx(std, rel=0.03), name
+        assert w.abs().max().item() <= 2 * std / 0.8796 + 1e-6, name  # truncated at 2 std of the untruncated normal
+    for name in ("encoder.layers.0.mlp.dense_in", "rnn_core.transformer.xa_blocks.0.mlp.dense_out",
+                 "decoder.xa_blocks.0.mlp.dense_in"):
+        w = modules[name].weight
+        bound = (6 / sum(w.shape)) ** 0.5
+        assert w.abs().max().item() <= bound and w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.03), name
+    for name, module in modules.items():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and module.bias is not None:
+            assert not module.bias.any(), name
+        if isinstance(module, torch.nn.LayerNorm):
+            assert (module.weight == 1).all() and (module.bias is None or not module.bias.any()), name
+    for token in (m.cls_token, m.mask_token):
+        assert token.std().item() == pytest.approx(0.02, rel=0.1)
+
+
 # -- bad input: a ValueError that says what was expected ----------------------------------------
 
 @pytest.mark.parametrize("call,match", [
