@@ -14,7 +14,8 @@ Every figure is a rate or a ratio measured in this run on this machine (docs/ben
                its own process so that its peak memory is its own.
   labelprop -- seconds per frame of label propagation on a DAVIS-sized grid (480x880) at the paper's settings.
   data      -- loader examples/s with 0/1/2 workers on a folder of H.264 mp4s, and decoding an example's
-               8 frames against its whole 64-frame window.
+               8 frames against its whole 64-frame window; from 854x480 JPEG frames, a clip at 64-256 px
+               made from whole frames against frames the decoder scales down (data.py, min_side).
 """
 
 import argparse
@@ -183,7 +184,7 @@ def bench_labelprop(args):
 def bench_data(args):
     import imageio.v3 as iio
 
-    from data import ClipDataset, make_loader, read_frames, sample_clip
+    from data import ClipDataset, augment, make_loader, read_frames, sample_clip
     folder = args.videos or tempfile.mkdtemp(prefix="rvm_bench_")
     if not args.videos:  # four H.264 clips of moving noise blocks (DAVIS-like sizes, no download)
         for i in range(4):
@@ -204,7 +205,19 @@ def bench_data(args):
         idx, _ = sample_clip(rng, n)
         needed += timed(lambda p=path, i=idx: read_frames(p, i), 0.0, 0)
         window += timed(lambda p=path, i=idx, n=n: read_frames(p, np.arange(i[0], i[0] + min(64, n))), 0.0, 0)
-    return {**out, "needed_frames_ms": 50 * needed, "whole_window_ms": 50 * window, "speedup": window / needed}
+    out.update(needed_frames_ms=50 * needed, whole_window_ms=50 * window, speedup=window / needed)
+    jpegs = tempfile.mkdtemp(prefix="rvm_bench_jpegs_")  # a DAVIS-sized frame folder of moving noise blocks
+    blocks = np.random.default_rng(0).integers(0, 256, (30, 54, 3), dtype=np.uint8).repeat(16, 0).repeat(16, 1)
+    for t in range(8):
+        iio.imwrite(os.path.join(jpegs, f"{t:05d}.jpg"), np.roll(blocks, 8 * t, axis=1)[:480, :854])
+
+    def clip(size, min_side):  # 8 frames decoded, cropped and resized, as ClipDataset.example makes a clip
+        return augment(torch.from_numpy(read_frames(jpegs, range(8), min_side)).permute(0, 3, 1, 2), rng, size)
+
+    for s in (64, 128, 256):
+        out[f"jpeg_clip_ms_{s}px"] = {"whole_frames": 1e3 * timed(lambda s=s: clip(s, 0), 1.0),
+                                      "scaled_by_decoder": 1e3 * timed(lambda s=s: clip(s, 2 * s), 1.0)}
+    return out
 
 
 SECTIONS = {"encoder": bench_encoder, "train": bench_train, "stream": bench_stream, "labelprop": bench_labelprop,

@@ -307,6 +307,24 @@ def test_davis_frame_folders(davis):
     assert sorted(os.listdir(folder)) == before, "nothing is written into the (read-only) data folder"
 
 
+def test_jpeg_frames_decode_at_a_reduced_size_no_smaller_than_asked(tmp_path):
+    """min_side: JPEGs come out of the decoder's own 1/2, 1/4 or 1/8 scaling, each side still >= min_side, close to
+    the whole frame averaged down; PNGs are read whole."""
+    frame = np.random.default_rng(3).integers(0, 256, (6, 8, 3), dtype=np.uint8).repeat(80, 0).repeat(80, 1)
+    os.makedirs(tmp_path / "jpg")
+    iio.imwrite(tmp_path / "jpg" / "00000.jpg", frame, quality=95)
+    whole = data.read_frames(tmp_path / "jpg", [0])[0]
+    assert whole.shape == (480, 640, 3)
+    for min_side, shape in [(100, (120, 160)), (240, (240, 320)), (241, (480, 640)), (60, (60, 80))]:
+        small = data.read_frames(tmp_path / "jpg", [0], min_side=min_side)[0]
+        assert small.shape == (*shape, 3), min_side
+        k = 480 // shape[0]
+        averaged = whole.reshape(shape[0], k, shape[1], k, 3).mean((1, 3))
+        assert np.abs(small - averaged).mean() < 6, min_side
+    write_pngs(tmp_path / "png", frame[None])
+    assert data.read_frames(tmp_path / "png", [0], min_side=100).shape == (1, 480, 640, 3)
+
+
 # ---------------------------------------------------------------------------- bad input
 
 
