@@ -443,10 +443,12 @@ def _save_masks(folder, names, preds, palette=None):
         im.save(os.path.join(folder, os.path.basename(name)))
 
 
-def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_dir=None, save_masks=False):
+def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_dir=None, save_masks=False,
+             say=tqdm.write):
     """Steps 1-5, video by video: a row per DAVIS object (its J and F of frames 1..T-1, 'j' and 'f'; the last frame
     is dropped when means are taken), per VIP video (its confusion matrix over all frames, 'hist', as the notebook
-    pools them, and mIoU) or per JHMDB video (the joints 'gt' and 'pred' [T, 15, 2], 'visible' [T, 15], PCK@0.1)."""
+    pools them, and mIoU) or per JHMDB video (the joints 'gt' and 'pred' [T, 15, 2], 'visible' [T, 15], PCK@0.1);
+    `say` prints a line per row."""
     grid, rows = _grid(resolution, patch_size), []
     for video in videos:
         frames, native = read_video(video, resolution)
@@ -464,7 +466,7 @@ def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_di
             joints, visible = labels_to_pose(soft, native)
             rows.append(dict(video=video["name"], n_frames=len(frames), gt=video["joints"], pred=joints,
                              visible=visible, pck=pck(video["joints"], joints, visible)[0]))
-            tqdm.write(f"{video['name']}: PCK@0.1 {rows[-1]['pck']:.3f}  ({len(frames)} frames)")
+            say(f"{video['name']}: PCK@0.1 {rows[-1]['pck']:.3f}  ({len(frames)} frames)")
             continue
         pred = np.stack([labels_to_mask(s, values, resolution, gt.shape[1:]) for s in soft])
         if save_masks and out_dir:
@@ -474,12 +476,12 @@ def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_di
         if task == "vip":
             hist = sum(confusion(g, p, len(VIP_CLASSES)) for g, p in zip(gt, pred, strict=True))
             rows.append(dict(video=video["name"], n_frames=len(gt), hist=hist, miou=miou(hist)[0]))
-            tqdm.write(f"{video['name']}: mIoU {rows[-1]['miou']:.3f}  ({len(gt)} frames)")
+            say(f"{video['name']}: mIoU {rows[-1]['miou']:.3f}  ({len(gt)} frames)")
             continue
         for obj in range(1, int(gt[0].max()) + 1):  # objects as the toolkit counts them: 1 .. the largest index
             g, p = gt[1:] == obj, pred[1:] == obj
             rows.append(dict(sequence=video["name"], object=obj, n_frames=len(gt), j=davis_j(g, p), f=davis_f(g, p)))
-            tqdm.write(f"{video['name']}_{obj}: J {rows[-1]['j'][:-1].mean():.3f}  F {rows[-1]['f'][:-1].mean():.3f}"
+            say(f"{video['name']}_{obj}: J {rows[-1]['j'][:-1].mean():.3f}  F {rows[-1]['f'][:-1].mean():.3f}"
                        f"  ({len(gt)} frames)")
     return rows
 

@@ -13,7 +13,8 @@ each config file (plain Python), then --name=value (a Python literal, or a bare 
 that order; every field of model.RVMConfig is one; `python train.py --help` lists them all.
 
 Writes into out_dir: ckpt.pt (every ckpt_interval steps and at the end), log.jsonl (a line per
-log_interval steps), loss.png and reconstruction.png (every eval_interval steps and at the end).
+log_interval steps, and the evaluations below), loss.png and reconstruction.png (every eval_interval steps
+and at the end).
 
 The global batch is split as batch_size = world size x grad accumulation x micro_batch, and the
 data as batch_size / micro_batch "slots": independent example streams, slot i being
@@ -27,9 +28,11 @@ import contextlib
 import copy
 import difflib
 import fcntl
+import itertools
 import json
 import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -48,10 +51,12 @@ from model import RVM, RVMConfig, load_model, peak_flops
 # Settings. The defaults are RVM-S with the paper's recipe (§4.1); configs/*.py change them.
 # -- output
 out_dir = "out"  # checkpoint, log and pictures go here
-init_from = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), or the path of weights to start from (.pt or .npz)
+init_from = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), 'auto' (resume if there is one), or weights (.pt, .npz)
 log_interval = 10  # steps between lines in out_dir/log.jsonl
-eval_interval = 1000  # steps between out_dir/loss.png and reconstruction.png
+eval_interval = 1000  # steps between evaluations (below) and out_dir/loss.png and reconstruction.png
 ckpt_interval = 1000  # steps between checkpoints (one is always written at the end); 0: only at the end
+ckpt_minutes = 0.0  # also a checkpoint once this many minutes have passed since the last one; 0: by steps only
+save_signals = "SIGTERM,SIGUSR1"  # on these every process ends its step, all save, and the run exits with 99
 # -- data (supplement §7): 64-frame windows, 4 source frames, 4 targets 4..48 frames after them
 data = "data/videos"  # a folder of videos or frame folders, 'noise_square[:options]', or [(spec, weight), ...]
 image_size = 256  # frames are cropped and resized to image_size x image_size (§4.1)
@@ -62,6 +67,12 @@ gap_max = 48  # (the paper: 4..48)
 window = 64  # frames per training clip
 per_frame_crop = False  # a crop box per frame instead of one per clip (the paper's "frame-level")
 num_workers = 8  # loader processes per rank
+# -- evaluation, every eval_interval steps and at step 0, in log.jsonl and loss.png: is it learning?
+val_data = ""  # held-out videos (a spec as data): their loss, and copying the last source frame's; '' for none
+val_clips = 64  # held-out clips, fixed (frames, crops, gaps, masks) for every step, run and world size
+labelprop_data = ""  # a DAVIS folder: J&F of core and encoder features (costs two eval_labelprop.py runs); '' none
+labelprop_resolution = (480, 880)  # its frames resized to (H, W): the paper's; a small model wants less
+labelprop_sequences = ""  # comma-separated sequences; '' for all of ImageSets/2017/val.txt
 # -- optimisation (§4.1; the paper publishes no learning rate: MAE's linear scaling rule)
 batch_size = 2048  # global batch: clips per optimizer step, over all processes
 micro_batch = 64  # clips per forward/backward on one device; lower it when out of memory
@@ -189,11 +200,20 @@ rank, world_size, local_rank = (int(os.environ.get(k, d)) for k, d in [("RANK", 
 distributed, master = world_size > 1, rank == 0  # rank 0 logs, plots and writes checkpoints
 
 
+# A signal (save_signals) saves the run: its handler only takes note, and at the end of the step every rank
+# learns whether any rank took one; then all save, and exit with REQUEUE. (A second signal changes nothing.)
+REQUEUE = 99  # the exit status after saving on a signal: Grid Engine's "reschedule this job"
+stop = {"signal": 0, "launcher_gone": 0}
+
+
 def watch_launcher(launcher):
-    """torchrun's agent starts its workers in sessions of their own: killed with SIGKILL, it leaves them
-    training on and writing into out_dir. So a worker whose launcher is gone stops within a second."""
+    """torchrun's agent starts its workers in sessions of their own: killed (SIGKILL, or a SIGUSR1, which it does not
+    handle), it leaves them training on. So a worker whose launcher is gone stops as on a signal, saving with the
+    others; if it has not ended a minute later (a peer gone with the launcher would hang it), it exits anyway."""
     while os.getppid() == launcher:
         time.sleep(0.5)
+    stop["launcher_gone"] = 1
+    time.sleep(60)
     os._exit(1)
 
 
@@ -223,8 +243,8 @@ if micro_batch < 1 or batch_size % (micro_batch * world_size):
     fail(f"batch_size={batch_size} must be a positive multiple of micro_batch * world_size = "
          f"{micro_batch} * {world_size}")
 grad_accum, n_slots = batch_size // (micro_batch * world_size), batch_size // micro_batch
-if max_steps < 1 or warmup_steps < 0 or log_interval < 1 or eval_interval < 1 or ckpt_interval < 0:
-    fail("max_steps, log_interval and eval_interval must be >= 1; warmup_steps and ckpt_interval >= 0")
+if min(max_steps, log_interval, eval_interval, val_clips) < 1 or min(warmup_steps, ckpt_interval) < 0:
+    fail("max_steps, log_interval, eval_interval and val_clips must be >= 1; warmup_steps and ckpt_interval >= 0")
 try:
     model_config = RVMConfig(**{f.name: settings[f.name] for f in fields(RVMConfig)})
 except ValueError as err:
@@ -234,10 +254,19 @@ if image_size % model_config.patch_size:
 if n_source - 1 + gap_max >= model_config.n_deltas:
     fail(f"n_source - 1 + gap_max = {n_source - 1 + gap_max} must be < n_deltas={model_config.n_deltas}: the "
          "decoder one-hot encodes each target's offset from the first source frame")
-for spec in [data] if isinstance(data, str) else [s for s, _ in data]:  # the cheap part of data.py's checks
+specs = [("data", s) for s in ([data] if isinstance(data, str) else [s for s, _ in data])]
+for key, spec in specs + ([("val_data", val_data)] if val_data else []):  # the cheap part of data.py's checks
     if not spec.startswith("noise_square") and not os.path.isdir(os.path.expanduser(spec)):
-        fail(f"data={spec!r}: no such folder (a folder of videos or frame folders, 'noise_square', or a mixture "
-             "[(spec, weight), ...]; set it in the config file or with --data=...)")
+        fail(f"{key}={spec!r}: no such folder (a folder of videos or frame folders, 'noise_square', or a mixture "
+             f"[(spec, weight), ...]; set it in the config file or with --{key}=...)")
+if labelprop_data:  # checked whole, as eval_labelprop.py does, before any work
+    from eval_labelprop import davis_summary, evaluate as propagate_labels, model_features, read_davis
+    if len(labelprop_resolution) != 2 or any(x % model_config.patch_size for x in labelprop_resolution):
+        fail(f"labelprop_resolution={labelprop_resolution} must be (H, W), multiples of patch_size")
+    try:
+        labelprop_videos = read_davis(labelprop_data, [s for s in labelprop_sequences.split(",") if s] or None)
+    except (ValueError, OSError) as err:
+        fail(f"labelprop_data={labelprop_data!r}: {err}")
 peak_lr = learning_rate or base_lr * batch_size / 256  # MAE's linear scaling rule
 # Settings that make a run pointless, named before any work.
 tokens = (image_size // model_config.patch_size) ** 2
@@ -270,8 +299,14 @@ if distributed and sharding == "none":
          "use fsdp or ddp")
 spmd = device == "xla" and sharding == "fsdp"  # XLA's sharding: the compiler splits one program over the devices
 ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
-if init_from not in ("scratch", "resume") and not os.path.isfile(init_from):
-    fail(f"init_from={init_from!r}: no such file (expected 'scratch', 'resume' or a .pt or .npz checkpoint)")
+if init_from not in ("scratch", "resume", "auto") and not os.path.isfile(init_from):
+    fail(f"init_from={init_from!r}: no such file (expected 'scratch', 'resume', 'auto' or a .pt or .npz checkpoint)")
+try:
+    stop_signals = [signal.Signals[name] for name in save_signals.split(",") if name]
+except KeyError as err:
+    fail(f"save_signals={save_signals!r}: {err} is not a signal's name (e.g. 'SIGTERM,SIGUSR1')")
+for sig in stop_signals:
+    signal.signal(sig, lambda signum, frame: stop.update(signal=signum))
 try:
     os.makedirs(out_dir, exist_ok=True)
 except OSError as err:
@@ -331,6 +366,8 @@ def take_out_dir():
 
 
 stop_together(take_out_dir() if master else None)
+if init_from == "auto":  # decided once out_dir is this run's
+    init_from = "resume" if os.path.exists(ckpt_path) else "scratch"
 if init_from != "resume" and os.path.exists(ckpt_path):
     fail(f"{out_dir} holds a run ({ckpt_path}); a new one would overwrite it. --init_from=resume continues it; "
          "to start afresh, choose another out_dir (or delete that checkpoint)")
@@ -348,7 +385,9 @@ if master:  # out_dir is this run's now: say whose, and clear what a crash left 
 # unless allow_changes names it. The rest (where to log, how often, on what hardware) may change.
 OPERATIONAL = {"out_dir", "init_from", "log_interval", "eval_interval", "ckpt_interval", "num_workers", "device",
                "sharding", "compile", "peak_flops_per_device", "threads", "grad_checkpoint", "allow_changes",
-               "max_steps"}  # max_steps counts through lr_decay_steps: the cosine's length
+               "max_steps",  # max_steps counts through lr_decay_steps: the cosine's length
+               "ckpt_minutes", "save_signals", "val_data", "val_clips", "labelprop_data", "labelprop_resolution",
+               "labelprop_sequences"}
 
 
 def recipe(config):
@@ -357,7 +396,7 @@ def recipe(config):
     return out
 
 
-start_step, ckpt, changed = 0, None, {}
+start_step, ckpt, changed, step0 = 0, None, {}, {}
 if init_from == "resume":
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
@@ -390,24 +429,46 @@ slots = range(rank * grad_accum, (rank + 1) * grad_accum)
 if distributed and local_rank != 0:
     dist.barrier()  # local rank 0 lists the folders first: data.py caches what it finds
 try:
-    stream, data_error = ClipDataset(data, image_size=image_size, n_source=n_source, n_target=n_target,
-                                     gap_min=gap_min, gap_max=gap_max, window=window, per_frame_crop=per_frame_crop,
-                                     seed=seed, rank=slots[0], start=examples_per_slot), None
+    clips = dict(image_size=image_size, n_source=n_source, n_target=n_target, gap_min=gap_min, gap_max=gap_max,
+                 window=window, per_frame_crop=per_frame_crop)
+    stream, data_error = ClipDataset(data, **clips, seed=seed, rank=slots[0], start=examples_per_slot), None
 except (ValueError, OSError) as err:
     data_error = f"data={data!r}: {err}"
 if distributed and local_rank == 0:
     dist.barrier()
 stop_together(data_error)
 
+# The held-out clips, made once on rank 0 (which evaluates) from a stream id no training slot reaches, and their
+# masks: the same frames, crops, gaps and masks at every evaluation, in every run and on any number of processes.
+VAL_STREAM, val_batches, val_masks = 2 ** 31 - 1, [], []
+if val_data and master:
+    try:  # val_clips in whole micro-batches
+        held_out = make_loader(ClipDataset(val_data, **clips, seed=0, rank=VAL_STREAM), micro_batch)
+        val_batches = list(itertools.islice(held_out, math.ceil(val_clips / micro_batch)))
+    except (ValueError, OSError, RuntimeError) as err:
+        data_error = f"val_data={val_data!r}: {err}"
+    val_masks = torch.rand(len(val_batches), micro_batch, n_target, tokens,
+                           generator=torch.Generator().manual_seed(VAL_STREAM)).argsort(-1)
+    # The reference to beat: each target frame predicted as a copy of the last source frame, every pixel.
+    copy_last = sum(float(((b["source"][:, -1:].float() - b["target"].float()) / 255).square().mean())
+                    for b in val_batches) / max(1, len(val_batches))
+stop_together(data_error)
+
 
 def slot_loader(slot):
-    """The stream of examples (seed, slot, k): the same listed sources, another stream id."""
+    """The stream of examples (seed, slot, k): the same listed sources, another stream id. Its loader workers ignore
+    the stop signals (torchrun sends them to a worker's process group): this process saves, and they end with it."""
     dataset = copy.copy(stream)
     dataset.rank = slot
-    return iter(make_loader(dataset, micro_batch, num_workers=math.ceil(num_workers / grad_accum)))
+    loader = make_loader(dataset, micro_batch, num_workers=math.ceil(num_workers / grad_accum))
+    loader.worker_init_fn = lambda worker: [signal.signal(sig, signal.SIG_IGN) for sig in stop_signals]
+    return iter(loader)
 
 
 loaders = [slot_loader(slot) for slot in slots]
+# torch's SIGCHLD handler raises a dead loader worker's error wherever this process is (mid-step: a trace); without
+# it the error surfaces in next(), within 5 s, where next_batch names the slot.
+signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 skipped_videos = 0  # bad videos data.py passed over on this rank since the start
 
 
@@ -419,6 +480,10 @@ def next_batch(m):
         batch = next(loaders[m])
     except Exception as err:  # noqa: BLE001 -- a worker's error arrives wrapped in its trace: keep the message
         lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        if "DataLoader worker" in str(err):  # killed: by the kernel's out-of-memory killer, most likely
+            fail(f"slot {slots[m]}: a loader worker died ({lines[-1]}): the kernel's out-of-memory killer ends the "
+                 f"largest process. Lower num_workers (now {num_workers}) or micro_batch (now {micro_batch}). {kept()}",
+                 all_ranks=True)
         fail(f"data error in slot {slots[m]}: {lines[-1] if lines else repr(err)}", all_ranks=True)
     skipped_videos += int(batch["skipped"].sum())
     source, target = (batch[k].to(dev, non_blocking=True).float() / 255 for k in ("source", "target"))
@@ -428,11 +493,11 @@ def next_batch(m):
     return source, target, batch["deltas"]
 
 
-def mask_permutation(step, slot, n_tokens=(image_size // model_config.patch_size) ** 2):
+def mask_permutation(step, slot):
     """Which target tokens stay visible (model.forward's mask_perm): a fresh shuffle per example and
     target frame, drawn from (seed, step, slot), so that it survives resuming and re-sharding."""
     g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, slot]).generate_state(1)[0]))
-    return torch.rand(micro_batch, n_target, n_tokens, generator=g).argsort(dim=-1).to(dev, non_blocking=True)
+    return torch.rand(micro_batch, n_target, tokens, generator=g).argsort(dim=-1).to(dev, non_blocking=True)
 
 
 # The model: from scratch, or weights to start from. Seeded after the loaders (each iter(DataLoader)
@@ -507,7 +572,8 @@ no_decay = [p for n, p in raw_model.named_parameters() if not (p.ndim >= 2 and n
 optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                {"params": no_decay, "weight_decay": 0.0}], lr=0.0, betas=(beta1, beta2))
 
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict  # noqa: E402
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,  # noqa: E402
+                                                     get_state_dict, set_state_dict)
 
 if ckpt is not None:  # the file holds full state dicts; set_state_dict shards them again
     set_state_dict(raw_model, optimizer, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"],
@@ -517,6 +583,7 @@ if ckpt is not None:  # the file holds full state dicts; set_state_dict shards t
             for t in state.values():
                 if t.ndim:
                     shard_like_weight(t)
+    step0 = ckpt.get("step0", {})  # the evaluations of the model at step 0, the references
     del ckpt  # the mmap'd file is no longer needed
 
 decay_steps = lr_decay_steps or max_steps
@@ -546,7 +613,7 @@ def save_checkpoint(step):
     if not master:
         return
     ckpt = {"model": model_state, "model_config": asdict(model_config), "optimizer": optim_state, "step": step,
-            "config": settings, "world_size": world_size,
+            "config": settings, "step0": step0,
             "data": {"slots": n_slots, "micro_batch": micro_batch, "examples": step * batch_size}}
     try:
         with open(ckpt_path + ".tmp", "wb") as f:
@@ -558,23 +625,64 @@ def save_checkpoint(step):
         with contextlib.suppress(OSError):
             os.remove(ckpt_path + ".tmp")
         return (f"could not write {ckpt_path} at step {step} ({str(err).splitlines()[0]}); is the disk full? "
-                + (f"The last checkpoint (step {last_saved}) is kept: make room, then --init_from=resume"
-                   if last_saved is not None else "No checkpoint was written"))
+                f"make room. {kept()}")
 
 
 last_saved = start_step if init_from == "resume" else None  # the step of this run's newest checkpoint
 
 
+@torch.no_grad()
+def evaluate(step):
+    """The held-out loss (val_data) and J&F-Mean (labelprop_data) of the model as it is now, computed on rank 0,
+    which logs them and returns them ({} elsewhere). Under FSDP2 every rank first takes part in gathering a copy.
+    Nothing here draws from a random generator or touches the training's state: the training goes on as without."""
+    net = raw_model
+    if sharding == "fsdp" and not spmd:
+        state = get_model_state_dict(raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if master:
+            with torch.device("meta"):
+                net = RVM(model_config)
+            net.to_empty(device=dev).load_state_dict(state)
+    if not master:
+        return {}
+    row = {}
+    with autocast:  # the held-out loss at the training's precision, as its loss
+        losses = [net(*(b[k].to(dev).float() / 255 for k in ("source", "target")), b["deltas"],
+                      mask_perm=m.to(dev))[0].item() for b, m in zip(val_batches, val_masks, strict=True)]
+    if losses:
+        row.update(val_loss=sum(losses) / len(losses), val_loss_copy_last=copy_last)
+    for kind in ("core", "encoder") if labelprop_data else ():  # float32, exactly as eval_labelprop.py
+        rows = propagate_labels("davis", labelprop_videos, model_features(net, kind, dev), labelprop_resolution,
+                                model_config.patch_size, dict(device=dev), say=lambda line: None)
+        row[f"jf_{kind}"] = davis_summary(rows)["jf"]
+    row.update({f"{k}_step0": v for k, v in step0.items() if k in row and k != "val_loss_copy_last"})
+    write_log({"step": step, **row})
+    progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
+    return row
+
+
 def plot_loss(path):
+    """Left: the training loss, the held-out loss, copying the last source frame (dashed) and the step-0 model
+    (dotted). Right, with labelprop_data: J&F of core and encoder features, and at step 0 (dotted)."""
     from matplotlib.figure import Figure  # no pyplot: straight to a file, no display needed
 
-    rows = [r for r in log_rows(log_path) if "loss" in r]
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
-    ax.set(xlabel="step", ylabel="loss (pixel MSE)", yscale="log", title=f"{out_dir}: training loss")
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    rows = log_rows(log_path)
+    labelprop = any("jf_core" in r for r in rows)
+    axes = Figure(figsize=(11 if labelprop else 6, 4)).subplots(1, 1 + labelprop, squeeze=False)[0]
+    for ax, key in [(axes[0], "loss"), (axes[0], "val_loss"), (axes[-1], "jf_core"), (axes[-1], "jf_encoder")]:
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            line, = ax.plot(*zip(*points, strict=True), label=key, marker="." if key != "loss" else None)
+        if points and points[0][0] == 0:
+            ax.axhline(points[0][1], color=line.get_color(), ls=":", label=f"{key}, step 0")
+    for copy_last in [r["val_loss_copy_last"] for r in rows if "val_loss_copy_last" in r][-1:]:
+        axes[0].axhline(copy_last, color="gray", ls="--", label="val_loss, copying the last source frame")
+    axes[0].set(ylabel="pixel MSE", yscale="log", title=out_dir)
+    for ax in axes:
+        ax.set(xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].figure.savefig(path, dpi=100, bbox_inches="tight")
 
 
 def plot_reconstruction(path, source, target, reconstruction, mask, deltas, step):
@@ -611,6 +719,14 @@ def log_rows(path):
     return rows
 
 
+def write_log(row):
+    try:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as err:  # a full disk stops the run at the next checkpoint, not here
+        progress.write(f"train.py: warning: could not write {log_path}: {err}")
+
+
 if master:
     rows = [r for r in log_rows(log_path) if r["step"] <= start_step] if init_from == "resume" and os.path.exists(
         log_path) else []
@@ -622,6 +738,22 @@ if master:
           f"{world_size} x {grad_accum} micro-batches x {micro_batch} | peak lr {peak_lr:.3g} | "
           f"steps {start_step}..{max_steps}", flush=True)
 
+flags = dist.new_group(backend="gloo") if distributed and backend != "gloo" else None  # flags on the CPU: no sync
+
+
+def agree(*values):
+    """The largest of each value over all ranks: at the end of a step every rank acts alike."""
+    values = torch.tensor(values, dtype=torch.float64)
+    if distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX, group=flags)
+    return values.tolist()
+
+
+def kept():
+    return (f"The last checkpoint, {ckpt_path} (step {last_saved}), is kept: continue with --init_from=resume."
+            if last_saved is not None else "No checkpoint was written.")
+
+
 # -----------------------------------------------------------------------------------------------
 # The loop: one optimizer step per global batch. Losses and gradient norms stay on the device and
 # are read on the host only at log steps and before checkpoints: a read inside the step would stall
@@ -632,6 +764,10 @@ progress = tqdm(total=max_steps, initial=start_step, disable=not master, dynamic
 step, t_log, step_log = start_step, time.perf_counter(), start_step
 loss_total, grad_norm_max = torch.zeros((), device=dev), torch.zeros((), device=dev)
 xla_counts = [0, 0]  # XLA graphs executed and compiled so far
+t_saved, stopping = time.monotonic(), False
+evaluations = bool(val_data or labelprop_data)
+if evaluations and start_step == 0:
+    step0 = evaluate(0)  # the references: the model before training
 while step < max_steps:
     lr = get_lr(step)
     for group in optimizer.param_groups:
@@ -658,7 +794,10 @@ while step < max_steps:
     step += 1
     progress.update(1)
 
-    saving = (ckpt_interval and step % ckpt_interval == 0) or step == max_steps
+    signum, launcher_gone, due = agree(stop["signal"], stop["launcher_gone"],
+                                       ckpt_minutes > 0 and time.monotonic() - t_saved >= 60 * ckpt_minutes)
+    stopping = (signum or launcher_gone) and step < max_steps
+    saving = (ckpt_interval and step % ckpt_interval == 0) or step == max_steps or due or stopping
     if step % log_interval == 0 or saving:
         if distributed:  # every rank sees the same mean loss: on a NaN they all stop together
             dist.all_reduce(loss_total)
@@ -666,10 +805,8 @@ while step < max_steps:
         norm_value = grad_norm_max.item()
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):  # stop before saving it
             steps = f"step {step}" if step == step_log + 1 else f"steps {step_log + 1}..{step}"
-            fail(f"{steps}: loss {loss_value}, gradient norm {norm_value}: not finite. "
-                 + (f"The last checkpoint, {ckpt_path} (step {last_saved}), is kept: lower the learning rate "
-                    "or check the data, then --init_from=resume." if last_saved is not None else
-                    "No checkpoint was written: lower the learning rate or check the data, and start again."))
+            fail(f"{steps}: loss {loss_value}, gradient norm {norm_value}: not finite: lower the learning rate or "
+                 f"check the data. {kept()}")
         elapsed, t_log = time.perf_counter() - t_log, time.perf_counter()
         examples_per_s = (step - step_log) * batch_size / elapsed
         mfu = flops_per_example * examples_per_s / world_size / peak_flops_per_device if peak_flops_per_device else None
@@ -683,17 +820,15 @@ while step < max_steps:
                 row.update(xla_graphs_per_step=(counts[0] - xla_counts[0]) / (step - step_log),
                            xla_compiles=counts[1] - xla_counts[1])
                 xla_counts = counts
-            try:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            except OSError as err:  # a full disk stops the run at the next checkpoint, not here
-                progress.write(f"train.py: warning: could not write {log_path}: {err}")
+            write_log(row)
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", ex_s=f"{examples_per_s:.1f}",
                                  mfu="n/a" if mfu is None else f"{100 * mfu:.1f}%")
         loss_total.zero_(), grad_norm_max.zero_()
         step_log = step
     t_pause = time.perf_counter()
-    if plotting:
+    if evaluations and not stopping and (step % eval_interval == 0 or step == max_steps):
+        evaluate(step)
+    if plotting and not stopping:
         try:
             plot_loss(os.path.join(out_dir, "loss.png"))
             plot_reconstruction(os.path.join(out_dir, "reconstruction.png"), *[x.cpu() for x in example], step)
@@ -701,8 +836,14 @@ while step < max_steps:
             progress.write(f"train.py: warning: could not write the pictures in {out_dir}: {err}")
     if saving:
         stop_together(save_checkpoint(step))
-        last_saved = step
+        last_saved, t_saved = step, time.monotonic()
     t_log += time.perf_counter() - t_pause  # examples/s and MFU count training time only
+    if stopping:
+        if master:
+            progress.write(f"train.py: {signal.Signals(int(signum)).name if signum else 'the launcher ended'} at "
+                           f"step {step}: saved {ckpt_path}; the same command with init_from='auto' (or 'resume') "
+                           f"continues the run. Exit status {REQUEUE}.")
+        break
 
 # A clean end on every rank. Without the explicit exit a gloo rank sometimes aborts at interpreter
 # shutdown ("terminate called without an active exception") although training succeeded.
@@ -711,11 +852,11 @@ loaders.clear()  # stops the loader workers
 if distributed:
     dist.barrier()
     dist.destroy_process_group()
-if master:
+if master and not stopping:
     print(f"done: {step} steps. {out_dir}/ holds ckpt.pt, log.jsonl, loss.png and reconstruction.png. Next:")
     print(f"  python visualize.py --demo --ckpt={ckpt_path}" if str(data).startswith("noise_square") else
           f"  python visualize.py --video=<a video or frame folder> --ckpt={ckpt_path}\n"
           f"  python eval_labelprop.py --task=davis --data=<DAVIS-2017 folder> --ckpt={ckpt_path}")
 sys.stdout.flush()
 sys.stderr.flush()
-os._exit(0)
+os._exit(REQUEUE if stopping else 0)

@@ -27,6 +27,7 @@ decoder_memory = "last"  # ... and only o_K, the core's state after the last sou
 # Data: the stimulus made on the fly (data.py), random square sizes, speeds and directions; short gaps,
 # so that where the square went is still predictable from the source frames.
 data = "noise_square:square=2-5,speed=0.25-1,direction=right|left|up|down"
+val_data = data  # held-out clips: the same stimulus, drawn from a stream the training never sees
 image_size = 8
 gap_min = 1
 gap_max = 8

@@ -11,6 +11,7 @@ outside the trainer: SIGKILL once a checkpoint exists, a learning rate that dive
 import importlib.util
 import json
 import os
+import random
 import resource
 import runpy
 import select
@@ -22,6 +23,8 @@ import sys
 import time
 import traceback
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 
@@ -117,43 +120,56 @@ def log(out_dir):
 
 
 def losses(out_dir):
-    return [row["loss"] for row in log(out_dir)]
+    return [row["loss"] for row in log(out_dir) if "loss" in row]
+
+
+def evaluations(out_dir):
+    return [row for row in log(out_dir) if "val_loss" in row or "jf_core" in row]
 
 
 def kill_after(out_dir, n_steps, *config_files, nproc=1, **settings):
     """Start a run and SIGKILL it (every process of it) from outside once its log has n_steps lines."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     proc = start((torchrun if nproc > 1 else [sys.executable]) + train_args(out_dir, *config_files, **settings))
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline and proc.poll() is None:
-        if os.path.exists(os.path.join(out_dir, "log.jsonl")) and len(log(out_dir)) >= n_steps:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.communicate()[0][-3000:]
+    wait_for_steps(proc, out_dir, n_steps)
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its group; its workers live in sessions of their own ...
     proc.communicate()
     assert not alive_after(out_dir, 10), "a worker outlived its launcher"  # ... and stop by themselves
+
+
+def processes(out_dir):
+    """The pids of the live processes training into out_dir (launcher, workers, loader workers)."""
+    alive = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue
+        if f"--out_dir={out_dir}\0" in cmd and not zombie:
+            alive.append(int(pid))
+    return alive
 
 
 def alive_after(out_dir, seconds):
     """Whether a process training into out_dir is still alive after `seconds`."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        alive = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().decode(errors="replace")
-                with open(f"/proc/{pid}/stat") as f:
-                    zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-            except OSError:
-                continue
-            if f"--out_dir={out_dir}\0" in cmd and not zombie:
-                alive.append(pid)
-        if not alive:
+        if not processes(out_dir):
             return False
         time.sleep(0.1)
     return True
+
+
+def wait_for_steps(proc, out_dir, n_steps, checkpoint=False):
+    """Wait until the run's log has n_steps lines (and, with `checkpoint`, a checkpoint exists)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not (os.path.exists(os.path.join(out_dir, "log.jsonl")) and len(log(out_dir)) >= n_steps
+               and (not checkpoint or os.path.exists(os.path.join(out_dir, "ckpt.pt")))):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.02)
 
 
 def free_port():
@@ -206,6 +222,8 @@ def test_pointless_settings_are_named_before_any_work(tmp_path):
     (["--micro_batch=3"], "batch_size=4 must be a positive multiple of micro_batch * world_size = 3 * 1"),
     (["--width=33"], "model settings: the enc width 33 is not divisible by enc_heads=2"),
     (["--gap_max=70"], "must be < n_deltas=64"),
+    (["--val_data=/no/such/folder"], "val_data='/no/such/folder': no such folder"),
+    (["--labelprop_data=/no/such/folder"], "labelprop_data='/no/such/folder': DAVIS folder not found"),
 ])
 def test_clear_errors(tmp_path, args, expected):
     if args == ["--device=xla"] and importlib.util.find_spec("torch_xla"):
@@ -258,6 +276,59 @@ def test_one_process_run(tmp_path):
     assert {"cls_token", "mask_token", "tokenizer.bias", "encoder.norm.weight",
             "rnn_core.state_layer_norm.weight"} <= set(no_decay["params"])
     assert ckpt["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+
+
+# -- is it learning? the held-out loss and label propagation during training ---------------------
+
+LABELPROP = dict(labelprop_resolution=(64, 112), labelprop_sequences="blackswan")
+
+
+def test_held_out_loss_and_labelprop_during_training(tmp_path, davis):
+    """val_data: the held-out loss at step 0 and every eval_interval steps, beside copying the last source frame
+    (exactly 0 on a video that does not change) and the model at step 0; labelprop_data: J&F-Mean of core and
+    encoder features, equal to eval_labelprop.py's on the checkpoint for the same sequences and resolution."""
+    from eval_labelprop import davis_summary, evaluate, main, model_features, read_davis
+
+    still = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    (tmp_path / "still" / "clip").mkdir(parents=True)
+    for i in range(12):
+        iio.imwrite(tmp_path / "still" / "clip" / f"{i:05d}.png", still)
+    out = tmp_path / "out"
+    succeed(out, val_data=tmp_path / "still", val_clips=3, labelprop_data=davis / "davis2017-mini", max_steps=4,
+            eval_interval=2, **LABELPROP)
+    rows = evaluations(out)
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    assert all(r["val_loss_copy_last"] == 0.0 and r["val_loss"] > 0 for r in rows)
+    for key in ("val_loss", "jf_core", "jf_encoder"):
+        assert [r.get(f"{key}_step0") for r in rows] == [None] + [rows[0][key]] * 2
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+    model, videos = load_model(out / "ckpt.pt"), read_davis(davis / "davis2017-mini", ["blackswan"])
+    for kind in ("core", "encoder"):
+        scored = evaluate("davis", videos, model_features(model, kind), (64, 112), model.config.patch_size)
+        assert davis_summary(scored)["jf"] == rows[-1][f"jf_{kind}"], kind
+    line = main(["--task=davis", f"--data={davis / 'davis2017-mini'}", f"--ckpt={out / 'ckpt.pt'}", "--resolution",
+                 "64", "112", "--sequences=blackswan", f"--out_dir={tmp_path / 'labelprop'}"])
+    assert line.startswith(f"J&F-Mean {rows[-1]['jf_core']:.3f}"), line
+
+
+@pytest.mark.slow
+def test_evaluating_changes_no_training_and_scores_fixed_clips(tmp_path, reference, davis):
+    """Evaluations leave the training as it was: the same losses and bitwise the same final weights. With a learning
+    rate of 0 the model stays as it was: every evaluation scores the same clips and masks alike, and two processes
+    (FSDP2: rank 0 evaluates a gathered copy) score them as one does."""
+    succeed(tmp_path / "eval", val_data="noise_square", labelprop_data=davis / "davis2017-mini", eval_interval=10,
+            **LABELPROP)
+    assert losses(tmp_path / "eval") == reference[0] and len(evaluations(tmp_path / "eval")) == 3
+    final = torch.load(tmp_path / "eval" / "ckpt.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], v) for k, v in reference[1].items())
+
+    still = dict(val_data="noise_square", eval_interval=5, max_steps=10, learning_rate=None, base_lr=0.0)
+    succeed(tmp_path / "one", **still)
+    succeed(tmp_path / "two", nproc=2, sharding="fsdp", **still)
+    one = evaluations(tmp_path / "one")
+    assert [r["step"] for r in one] == [0, 5, 10] and len({r["val_loss"] for r in one}) == 1
+    assert evaluations(tmp_path / "two") == one
 
 
 def test_a_diverging_run_stops_and_keeps_no_bad_checkpoint(tmp_path):
@@ -379,10 +450,7 @@ def test_an_out_dir_belongs_to_one_run(tmp_path):
     a fresh run does not overwrite a run's out_dir."""
     live = start([sys.executable] + train_args(tmp_path, max_steps=100_000, ckpt_interval=1))
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not ((tmp_path / "log.jsonl").exists() and len(log(tmp_path)) >= 3):
-            assert time.monotonic() < deadline and live.poll() is None
-            time.sleep(0.05)
+        wait_for_steps(live, tmp_path, 3)
         for settings in ({"init_from": "resume"}, {}):
             code, out = run_forked(train_args(tmp_path, max_steps=100_000, **settings)[1:])
             assert code == 1 and f"in use by another training run (train.py, pid {live.pid} on" in out, out
@@ -402,16 +470,115 @@ def test_an_out_dir_belongs_to_one_run(tmp_path):
 def test_workers_stop_when_their_launcher_is_killed(tmp_path):
     proc = start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
                  + train_args(tmp_path, max_steps=100_000, sharding="ddp"))
-    deadline = time.monotonic() + TIMEOUT
-    while not ((tmp_path / "log.jsonl").exists() and len(log(tmp_path)) >= 2):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    wait_for_steps(proc, tmp_path, 2)
     os.kill(proc.pid, signal.SIGKILL)  # the launcher alone, as an operator's kill -9 would
     proc.communicate()
     assert not alive_after(tmp_path, 10), "a worker outlived its launcher"
     state = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     time.sleep(2)
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == state, "nothing written after"
+
+
+# -- a cluster's signals save the run --------------------------------------------------------------
+
+# Long enough to be signalled at a random step; checkpoints come only at the end (or by the clock, ckpt_minutes).
+SIGNALLED = dict(max_steps=60, lr_decay_steps=60, ckpt_interval=0, init_from="auto")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The final weights of SIGNALLED runs that nothing interrupts, on one process and on two (FSDP2)."""
+    weights = {}
+    for nproc in (1, 2):
+        out = tmp_path_factory.mktemp(f"uninterrupted{nproc}")
+        succeed(out, nproc=nproc, **SIGNALLED)
+        weights[nproc] = torch.load(out / "ckpt.pt", weights_only=True)["model"]
+    return weights
+
+
+def signal_run(out_dir, n_steps, signals, nproc=1, to="launcher", **settings):
+    """Start a SIGNALLED run and, once its log has n_steps lines (and a checkpoint by the clock, if ckpt_minutes),
+    send it `signals` from outside, one right after the other: to the process started (python or torchrun), to
+    every process of the run, or to one worker. Returns (the started process's exit status, its output)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    proc = start((torchrun if nproc > 1 else [sys.executable]) + train_args(out_dir, **{**SIGNALLED, **settings}))
+    wait_for_steps(proc, out_dir, n_steps, checkpoint="ckpt_minutes" in settings)
+    workers = sorted(set(processes(out_dir)) - {proc.pid})
+    for sig in signals:
+        for pid in {"launcher": [proc.pid], "every process": [proc.pid] + workers, "one worker": workers[:1]}[to]:
+            os.kill(pid, sig)
+    try:
+        out = proc.communicate(timeout=TIMEOUT)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the signalled run hangs: " + proc.communicate()[0][-3000:])
+    assert not alive_after(out_dir, 10), "a process outlived the run"
+    return proc.returncode, out
+
+
+def saved_step(out_dir, out, name):
+    """The step of the one checkpoint a signal saved, which one line of the output names."""
+    step = torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=True)["step"]
+    assert out.count(f"train.py: {name} at step {step}: saved {out_dir}") == 1, out[-3000:]
+    assert not os.path.exists(os.path.join(out_dir, "ckpt.pt.tmp"))
+    return step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_saves_one_process_and_the_same_command_continues(tmp_path, uninterrupted, sig):
+    """At a random step, checkpoints by the clock meanwhile: one checkpoint at the step reached, one line, exit
+    status 99; the same command line (init_from='auto') finishes the run, bitwise as if nothing had happened."""
+    n_steps = random.Random(sig.value).randint(5, 40)
+    code, out = signal_run(tmp_path, n_steps, [sig], ckpt_minutes=1e-4)
+    assert code == 99 and "Traceback" not in out, out[-3000:]
+    assert n_steps <= saved_step(tmp_path, out, sig.name) < 60
+    succeed(tmp_path, **SIGNALLED, ckpt_minutes=1e-4)
+    final = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert final["step"] == 60 and all(torch.equal(final["model"][k], v) for k, v in uninterrupted[1].items())
+
+
+@pytest.mark.slow
+def test_signals_save_two_processes_and_the_same_command_continues(tmp_path, uninterrupted):
+    """Under torchrun: a SIGTERM to the launcher, which passes it on to its workers; a SIGUSR1 to every process,
+    which ends the launcher at once (torchrun does not handle it) while the workers save; a SIGTERM to one worker
+    of two, which the other learns of at the step's end, without a hang. Each time one checkpoint at the step
+    reached; then the same command line finishes the run, bitwise as the uninterrupted two-process run."""
+    steps = []
+    for sig, to in [(signal.SIGTERM, "launcher"), (signal.SIGUSR1, "every process"), (signal.SIGTERM, "one worker")]:
+        code, out = signal_run(tmp_path, len(log(tmp_path)) + 5 if steps else 5, [sig], nproc=2, to=to)
+        steps.append(saved_step(tmp_path, out, sig.name))
+    assert steps == sorted(steps) and steps[-1] < 60, steps
+    assert out.count("exitcode  : 99") == 2, out[-3000:]  # torchrun's report: both workers exited with 99
+    succeed(tmp_path, nproc=2, **SIGNALLED)
+    final = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], v) for k, v in uninterrupted[2].items())
+
+
+@pytest.mark.slow
+def test_two_signals_in_quick_succession_leave_a_whole_checkpoint(tmp_path):
+    code, out = signal_run(tmp_path, 5, [signal.SIGTERM, signal.SIGUSR1, signal.SIGTERM])
+    assert code == 99 and "Traceback" not in out, out[-3000:]
+    step = saved_step(tmp_path, out, "SIGTERM")
+    assert load_model(tmp_path / "ckpt.pt") is not None and step >= 5
+
+
+@pytest.mark.slow
+def test_a_killed_loader_worker_is_one_line_and_the_last_checkpoint_stays(tmp_path):
+    """The kernel's out-of-memory killer picks the largest process: here a loader worker gets SIGKILL."""
+    proc = start([sys.executable] + train_args(tmp_path, max_steps=100_000, micro_batch=4, num_workers=1,
+                                               ckpt_interval=5))
+    wait_for_steps(proc, tmp_path, 12, checkpoint=True)
+    loader_workers = [pid for pid in processes(tmp_path) if pid != proc.pid]
+    assert len(loader_workers) == 1
+    os.kill(loader_workers[0], signal.SIGKILL)
+    out = proc.communicate(timeout=TIMEOUT)[0]
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    line = [line for line in out.split("train.py: ")[1:] if "loader worker" in line]
+    assert len(line) == 1 and "slot 0: a loader worker died" in line[0], out[-3000:]
+    assert "Lower num_workers (now 1) or micro_batch (now 4)" in line[0], line
+    step = torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"]
+    assert step % 5 == 0 and f"The last checkpoint, {tmp_path / 'ckpt.pt'} (step {step}), is kept" in line[0], line
 
 
 @pytest.mark.slow
@@ -438,7 +605,7 @@ def test_damaged_files_are_one_line_and_nothing_good_is_lost(tmp_path):
                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                          timeout=TIMEOUT, preexec_fn=limit)
     assert out.returncode == 1 and "could not write" in out.stderr and "is the disk full?" in out.stderr, out.stderr
-    assert "The last checkpoint (step 4) is kept" in out.stderr and "Traceback" not in out.stderr
+    assert "(step 4), is kept" in out.stderr and "Traceback" not in out.stderr
     assert (tmp_path / "ckpt.pt").read_bytes() == good and not (tmp_path / "ckpt.pt.tmp").exists()
     # A run that diverges after a checkpoint: stopped before saving, the good one kept.
     code, out = launch(tmp_path, max_steps=8, ckpt_interval=2, init_from="resume", learning_rate=1e30,
