@@ -32,12 +32,10 @@ tested. The protocol is the authors' evaluation notebook (google-deepmind/repres
 relative to the 16-frame score. Features and propagation are causal, so the first N frames' predictions are those of
 the video cut to N frames: one pass over 80 frames serves all.
 
-    python eval_labelprop.py --task=davis --data=data/DAVIS --ckpt=out/rvm-s/ckpt.pt
+    python eval_labelprop.py --task=davis --data=data/DAVIS --ckpt=out/rvm-s/ckpt.pt    # --task=jhmdb, vip alike
     python eval_labelprop.py --task=davis --data=data/DAVIS --ckpt=rvm_s.npz --features=encoder
     python eval_labelprop.py --task=davis --data=data/DAVIS --untrained=configs/s.py     # a baseline
     python eval_labelprop.py --task=davis --data=data/DAVIS --ckpt=out/rvm-s/ckpt.pt --long_horizon
-    python eval_labelprop.py --task=jhmdb --data=data/JHMDB --ckpt=out/rvm-s/ckpt.pt
-    python eval_labelprop.py --task=vip --data=data/VIP_Fine --ckpt=out/rvm-s/ckpt.pt
 
 out/rvm-s/ckpt.pt is what `python train.py configs/s.py` writes; rvm_s.npz stands for the authors' released weights.
 Each run writes its CSVs (and with --save_masks the predicted masks) into --out_dir. The datasets -- DAVIS-2017 val
@@ -197,11 +195,9 @@ def model_features(model, kind="core", device="cpu"):
     """frames uint8 [T, H, W, 3] -> L2-normalised patch features [T, h, w, C] on the CPU, the model streamed
     over the video a frame at a time ('core': o_t; 'encoder': no recurrence)."""
     def extract(frames, progress):
-        def stream():
-            for f in frames:
-                yield torch.from_numpy(f).to(device).permute(2, 0, 1).float() / 255
-                progress.update()
-        return F.normalize(model.patch_features(stream(), kind), dim=-1).cpu()
+        features = model.patch_features((torch.from_numpy(f).to(device).permute(2, 0, 1) / 255 for f in frames), kind)
+        progress.update(len(frames))
+        return F.normalize(features, dim=-1).cpu()
     return extract
 
 
@@ -447,8 +443,7 @@ def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_di
              say=tqdm.write):
     """Steps 1-5, video by video: a row per DAVIS object (its J and F of frames 1..T-1, 'j' and 'f'; the last frame
     is dropped when means are taken), per VIP video (its confusion matrix over all frames, 'hist', as the notebook
-    pools them, and mIoU) or per JHMDB video (the joints 'gt' and 'pred' [T, 15, 2], 'visible' [T, 15], PCK@0.1);
-    `say` prints a line per row."""
+    pools them, and mIoU) or per JHMDB video (the joints 'gt' and 'pred' [T, 15, 2], 'visible' [T, 15], PCK@0.1)."""
     grid, rows = _grid(resolution, patch_size), []
     for video in videos:
         frames, native = read_video(video, resolution)

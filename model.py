@@ -20,7 +20,7 @@ width. Every token set carries a CLS token in front, so a frame has N + 1 tokens
 import functools
 import itertools
 import math
-import time
+import timeit
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -181,8 +181,7 @@ class CrossAttentionBlock(nn.Module):
 
 
 def lecun_normal_(weight):
-    """Flax's default kernel init: a normal truncated at 2 standard deviations, scaled so that the
-    variance is 1 / fan_in (fan_in = inputs x kernel area)."""
+    """Flax's default kernel init: a normal truncated at 2 standard deviations, variance 1 / fan_in."""
     std = math.sqrt(1 / nn.init._calculate_fan_in_and_fan_out(weight)[0]) / 0.87962566103423978
     return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
 
@@ -276,9 +275,8 @@ class RVM(nn.Module):
         self.decoder = CrossTransformer(c.dec_width, c.dec_layers, c.dec_heads, c.dec_mlp, c.grad_checkpoint)
         self.detokenizer = nn.Linear(c.dec_width, P * P * 3)
         self._positions = {}  # (h, w, device) -> the two position tables, built on first use
-        # The authors' initialisation (their released Flax model; the paper states none): MLP layers
-        # xavier_uniform, every other linear or conv kernel (attention, gates, embedders, tokenizer)
-        # Flax's default lecun_normal, every bias zero; CLS and MASK N(0, 0.02) above; norms 1 and 0.
+        # The authors' initialisation (their Flax model; the paper states none): MLP layers xavier_uniform, every
+        # other kernel (attention, gates, embedders, tokenizer) Flax's lecun_normal, biases 0; CLS, MASK N(0, 0.02).
         for name, m in self.named_modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 (nn.init.xavier_uniform_ if name.split(".")[-2:-1] == ["mlp"] else lecun_normal_)(m.weight)
@@ -525,12 +523,7 @@ def peak_flops(device, dtype=torch.bfloat16):
     if device.type != "cpu":
         return None
     a = torch.full((1024, 1024), 0.5, dtype=dtype)  # not randn: leaves the random state alone
-    best = math.inf
-    for _ in range(8):
-        t0 = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 1024 ** 3 / best
+    return 2 * 1024 ** 3 / min(timeit.repeat(lambda: a @ a, number=1, repeat=8))
 
 
 # ----------------------------------------------------------------------------------------------

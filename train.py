@@ -12,9 +12,8 @@ JPEGImages/480p (https://davischallenge.org). Settings are the names below: thei
 each config file (plain Python), then --name=value (a Python literal, or a bare word for text), in
 that order; every field of model.RVMConfig is one; `python train.py --help` lists them all.
 
-Writes into out_dir: ckpt.pt (every ckpt_interval steps and at the end), log.jsonl (a line per
-log_interval steps, and the evaluations below), loss.png and reconstruction.png (every eval_interval steps
-and at the end).
+Writes into out_dir: ckpt.pt (every ckpt_interval steps and at the end), log.jsonl (a line per log_interval
+steps, and evaluations), loss.png and reconstruction.png (every eval_interval steps and at the end).
 
 The global batch is split as batch_size = world size x grad accumulation x micro_batch, and the
 data as batch_size / micro_batch "slots": independent example streams, slot i being
@@ -98,8 +97,7 @@ allow_changes = ""  # settings a resume may change from the checkpoint's, e.g. '
 # -- model: every field of model.RVMConfig, same name, same default (RVM-S, Table 5)
 globals().update({f.name: f.default for f in fields(RVMConfig)})
 # -----------------------------------------------------------------------------------------------
-CHOICES = dict(device=("auto", "cuda", "cpu", "xla"), dtype=("bfloat16", "float32"),
-               sharding=("fsdp", "ddp", "none"))
+CHOICES = dict(device=("auto", "cuda", "cpu", "xla"), dtype=("bfloat16", "float32"), sharding=("fsdp", "ddp", "none"))
 settings = {k: v for k, v in globals().items() if not k.startswith("_") and k not in ("CHOICES", "settings")
             and isinstance(v, (bool, int, float, str, list, tuple))}
 
@@ -166,11 +164,9 @@ def print_help():
     """Every setting with its default and the comment beside it, grouped as in the settings block
     (the model's settings are read from model.RVMConfig, their one home)."""
     import inspect
-
-    import model
     block = inspect.getsource(sys.modules[__name__]).split("# Settings.", 1)[1].split("# -- model")[0]
     block += "# -- model: every field of model.RVMConfig (RVM-S by default, Table 5)\n"
-    block += inspect.getsource(model.RVMConfig).split("def __post_init__")[0]
+    block += inspect.getsource(RVMConfig).split("def __post_init__")[0]
     print(__doc__.split("\n\n")[0] + "\n\nSettings (defaults; a config file or --name=value changes them):")
     for line in block.splitlines()[1:]:
         name, sep, comment = line.strip().partition("#")
@@ -254,11 +250,10 @@ if image_size % model_config.patch_size:
 if n_source - 1 + gap_max >= model_config.n_deltas:
     fail(f"n_source - 1 + gap_max = {n_source - 1 + gap_max} must be < n_deltas={model_config.n_deltas}: the "
          "decoder one-hot encodes each target's offset from the first source frame")
-specs = [("data", s) for s in ([data] if isinstance(data, str) else [s for s, _ in data])]
-for key, spec in specs + ([("val_data", val_data)] if val_data else []):  # the cheap part of data.py's checks
+for spec in [data] if isinstance(data, str) else [s for s, _ in data]:  # the cheap part of data.py's checks
     if not spec.startswith("noise_square") and not os.path.isdir(os.path.expanduser(spec)):
-        fail(f"{key}={spec!r}: no such folder (a folder of videos or frame folders, 'noise_square', or a mixture "
-             f"[(spec, weight), ...]; set it in the config file or with --{key}=...)")
+        fail(f"data={spec!r}: no such folder (a folder of videos or frame folders, 'noise_square', or a mixture "
+             "[(spec, weight), ...]; set it in the config file or with --data=...)")
 if labelprop_data:  # checked whole, as eval_labelprop.py does, before any work
     from eval_labelprop import davis_summary, evaluate as propagate_labels, model_features, read_davis
     if len(labelprop_resolution) != 2 or any(x % model_config.patch_size for x in labelprop_resolution):
@@ -301,10 +296,9 @@ spmd = device == "xla" and sharding == "fsdp"  # XLA's sharding: the compiler sp
 ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
 if init_from not in ("scratch", "resume", "auto") and not os.path.isfile(init_from):
     fail(f"init_from={init_from!r}: no such file (expected 'scratch', 'resume', 'auto' or a .pt or .npz checkpoint)")
-try:
-    stop_signals = [signal.Signals[name] for name in save_signals.split(",") if name]
-except KeyError as err:
-    fail(f"save_signals={save_signals!r}: {err} is not a signal's name (e.g. 'SIGTERM,SIGUSR1')")
+stop_signals = [signal.Signals.__members__.get(name) for name in save_signals.split(",") if name]
+if None in stop_signals:
+    fail(f"save_signals={save_signals!r}: not a list of signals' names, such as 'SIGTERM,SIGUSR1'")
 for sig in stop_signals:
     signal.signal(sig, lambda signum, frame: stop.update(signal=signum))
 try:
@@ -396,7 +390,7 @@ def recipe(config):
     return out
 
 
-start_step, ckpt, changed, step0 = 0, None, {}, {}
+start_step, ckpt, changed = 0, None, {}
 if init_from == "resume":
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
@@ -456,8 +450,7 @@ stop_together(data_error)
 
 
 def slot_loader(slot):
-    """The stream of examples (seed, slot, k): the same listed sources, another stream id. Its loader workers ignore
-    the stop signals (torchrun sends them to a worker's process group): this process saves, and they end with it."""
+    """The stream of examples (seed, slot, k). Its loader workers ignore the stop signals: this process saves."""
     dataset = copy.copy(stream)
     dataset.rank = slot
     loader = make_loader(dataset, micro_batch, num_workers=math.ceil(num_workers / grad_accum))
@@ -466,8 +459,7 @@ def slot_loader(slot):
 
 
 loaders = [slot_loader(slot) for slot in slots]
-# torch's SIGCHLD handler raises a dead loader worker's error wherever this process is (mid-step: a trace); without
-# it the error surfaces in next(), within 5 s, where next_batch names the slot.
+# Without torch's SIGCHLD handler a dead loader worker's error surfaces in next_batch (mid-step it would be a trace).
 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 skipped_videos = 0  # bad videos data.py passed over on this rank since the start
 
@@ -583,7 +575,6 @@ if ckpt is not None:  # the file holds full state dicts; set_state_dict shards t
             for t in state.values():
                 if t.ndim:
                     shard_like_weight(t)
-    step0 = ckpt.get("step0", {})  # the evaluations of the model at step 0, the references
     del ckpt  # the mmap'd file is no longer needed
 
 decay_steps = lr_decay_steps or max_steps
@@ -613,7 +604,7 @@ def save_checkpoint(step):
     if not master:
         return
     ckpt = {"model": model_state, "model_config": asdict(model_config), "optimizer": optim_state, "step": step,
-            "config": settings, "step0": step0,
+            "config": settings,
             "data": {"slots": n_slots, "micro_batch": micro_batch, "examples": step * batch_size}}
     try:
         with open(ckpt_path + ".tmp", "wb") as f:
@@ -633,9 +624,7 @@ last_saved = start_step if init_from == "resume" else None  # the step of this r
 
 @torch.no_grad()
 def evaluate(step):
-    """The held-out loss (val_data) and J&F-Mean (labelprop_data) of the model as it is now, computed on rank 0,
-    which logs them and returns them ({} elsewhere). Under FSDP2 every rank first takes part in gathering a copy.
-    Nothing here draws from a random generator or touches the training's state: the training goes on as without."""
+    """Held-out loss and J&F, logged by rank 0 (FSDP2: on a gathered copy); it draws no random numbers."""
     net = raw_model
     if sharding == "fsdp" and not spmd:
         state = get_model_state_dict(raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -644,21 +633,17 @@ def evaluate(step):
                 net = RVM(model_config)
             net.to_empty(device=dev).load_state_dict(state)
     if not master:
-        return {}
-    row = {}
+        return
     with autocast:  # the held-out loss at the training's precision, as its loss
         losses = [net(*(b[k].to(dev).float() / 255 for k in ("source", "target")), b["deltas"],
                       mask_perm=m.to(dev))[0].item() for b, m in zip(val_batches, val_masks, strict=True)]
-    if losses:
-        row.update(val_loss=sum(losses) / len(losses), val_loss_copy_last=copy_last)
+    row = dict(val_loss=sum(losses) / len(losses), val_loss_copy_last=copy_last) if losses else {}
     for kind in ("core", "encoder") if labelprop_data else ():  # float32, exactly as eval_labelprop.py
         rows = propagate_labels("davis", labelprop_videos, model_features(net, kind, dev), labelprop_resolution,
                                 model_config.patch_size, dict(device=dev), say=lambda line: None)
         row[f"jf_{kind}"] = davis_summary(rows)["jf"]
-    row.update({f"{k}_step0": v for k, v in step0.items() if k in row and k != "val_loss_copy_last"})
     write_log({"step": step, **row})
     progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
-    return row
 
 
 def plot_loss(path):
@@ -767,7 +752,7 @@ xla_counts = [0, 0]  # XLA graphs executed and compiled so far
 t_saved, stopping = time.monotonic(), False
 evaluations = bool(val_data or labelprop_data)
 if evaluations and start_step == 0:
-    step0 = evaluate(0)  # the references: the model before training
+    evaluate(0)  # the references: the model before training (log.jsonl keeps its row on resuming)
 while step < max_steps:
     lr = get_lr(step)
     for group in optimizer.param_groups:
@@ -839,10 +824,6 @@ while step < max_steps:
         last_saved, t_saved = step, time.monotonic()
     t_log += time.perf_counter() - t_pause  # examples/s and MFU count training time only
     if stopping:
-        if master:
-            progress.write(f"train.py: {signal.Signals(int(signum)).name if signum else 'the launcher ended'} at "
-                           f"step {step}: saved {ckpt_path}; the same command with init_from='auto' (or 'resume') "
-                           f"continues the run. Exit status {REQUEUE}.")
         break
 
 # A clean end on every rank. Without the explicit exit a gloo rank sometimes aborts at interpreter
@@ -852,7 +833,10 @@ loaders.clear()  # stops the loader workers
 if distributed:
     dist.barrier()
     dist.destroy_process_group()
-if master and not stopping:
+if master and stopping:
+    print(f"train.py: {signal.Signals(int(signum)).name if signum else 'the launcher ended'} at step {step}: saved "
+          f"{ckpt_path}; the same command with init_from='auto' (or 'resume') continues. Exit status {REQUEUE}.")
+elif master:
     print(f"done: {step} steps. {out_dir}/ holds ckpt.pt, log.jsonl, loss.png and reconstruction.png. Next:")
     print(f"  python visualize.py --demo --ckpt={ckpt_path}" if str(data).startswith("noise_square") else
           f"  python visualize.py --video=<a video or frame folder> --ckpt={ckpt_path}\n"

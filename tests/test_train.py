@@ -222,7 +222,7 @@ def test_pointless_settings_are_named_before_any_work(tmp_path):
     (["--micro_batch=3"], "batch_size=4 must be a positive multiple of micro_batch * world_size = 3 * 1"),
     (["--width=33"], "model settings: the enc width 33 is not divisible by enc_heads=2"),
     (["--gap_max=70"], "must be < n_deltas=64"),
-    (["--val_data=/no/such/folder"], "val_data='/no/such/folder': no such folder"),
+    (["--val_data=/no/such/folder"], "val_data='/no/such/folder': data folder not found"),
     (["--labelprop_data=/no/such/folder"], "labelprop_data='/no/such/folder': DAVIS folder not found"),
 ])
 def test_clear_errors(tmp_path, args, expected):
@@ -299,8 +299,6 @@ def test_held_out_loss_and_labelprop_during_training(tmp_path, davis):
     rows = evaluations(out)
     assert [r["step"] for r in rows] == [0, 2, 4]
     assert all(r["val_loss_copy_last"] == 0.0 and r["val_loss"] > 0 for r in rows)
-    for key in ("val_loss", "jf_core", "jf_encoder"):
-        assert [r.get(f"{key}_step0") for r in rows] == [None] + [rows[0][key]] * 2
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
     model, videos = load_model(out / "ckpt.pt"), read_davis(davis / "davis2017-mini", ["blackswan"])
