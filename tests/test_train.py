@@ -12,9 +12,11 @@ import importlib.util
 import json
 import os
 import random
+import re
 import resource
 import runpy
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -551,6 +553,39 @@ def test_signals_save_two_processes_and_the_same_command_continues(tmp_path, uni
     succeed(tmp_path, nproc=2, **SIGNALLED)
     final = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
     assert all(torch.equal(final[k], v) for k, v in uninterrupted[2].items())
+
+
+@pytest.mark.slow
+def test_the_readmes_slurm_script_requeues_and_the_requeued_job_continues(tmp_path, uninterrupted):
+    """The README's batch script as written, SLURM played by stand-ins on PATH: srun runs its command, and
+    scontrol's requeue ends the job's processes with SIGTERM as SLURM does. SIGUSR1 to the script (what
+    --signal=B:USR1@120 sends) requeues it and the run saves; the script run again (the requeued job) finishes
+    the run, bitwise as the uninterrupted two-process run."""
+    script = re.search(r"```bash\n(#!/bin/bash\n#SBATCH.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    args = " ".join(shlex.quote(a) for a in train_args(tmp_path / "out", **SIGNALLED)[1:])
+    script = re.sub(r"--nproc_per_node=\d+ train\.py [^&]*&", f"--nproc_per_node=2 train.py {args} &", script)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text('#!/bin/bash\nexec "$@"\n')
+    (tmp_path / "bin" / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/requeued\n'
+                                               'kill -TERM -- -$(ps -o pgid= $PPID)\n')
+    for stand_in in ("srun", "scontrol"):
+        (tmp_path / "bin" / stand_in).chmod(0o755)
+    (tmp_path / "job.sh").write_text(script)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    job = subprocess.Popen(["bash", str(tmp_path / "job.sh")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_for_steps(job, tmp_path / "out", 5)
+    os.kill(job.pid, signal.SIGUSR1)
+    out = job.communicate(timeout=TIMEOUT)[0]
+    assert not alive_after(tmp_path / "out", 30), "a process outlived the requeue"
+    assert (tmp_path / "requeued").read_text() == "requeue 42\n"
+    assert 5 <= saved_step(tmp_path / "out", out, "SIGTERM") < 60
+    rerun = subprocess.run(["bash", str(tmp_path / "job.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=TIMEOUT)
+    assert rerun.returncode == 0 and (tmp_path / "requeued").read_text() == "requeue 42\n", rerun.stdout[-3000:]
+    final = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
+    assert final["step"] == 60 and all(torch.equal(final["model"][k], v) for k, v in uninterrupted[2].items())
 
 
 @pytest.mark.slow
