@@ -64,7 +64,7 @@ from tqdm import tqdm
 from data import image_names, read_frames
 from model import RVM, config_from_file, load_model
 
-# Supplement Table 8, per task; n_context 20, temperature 0.7 and radius 20 are shared by all.
+# Supplement Table 8, per task; n_context 20 (§11.2's text says one for JHMDB, VIP), temperature 0.7, radius 20.
 TASKS = {"davis": dict(resolution=(480, 880), topk=7), "jhmdb": dict(resolution=(320, 320), topk=7),
          "vip": dict(resolution=(448, 880), topk=10)}
 VIP_CLASSES = ["background", "hat", "hair", "sun-glasses", "upper-clothes", "dress", "coat", "socks", "pants", "gloves",
@@ -477,7 +477,7 @@ def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_di
             g, p = gt[1:] == obj, pred[1:] == obj
             rows.append(dict(sequence=video["name"], object=obj, n_frames=len(gt), j=davis_j(g, p), f=davis_f(g, p)))
             say(f"{video['name']}_{obj}: J {rows[-1]['j'][:-1].mean():.3f}  F {rows[-1]['f'][:-1].mean():.3f}"
-                       f"  ({len(gt)} frames)")
+                f"  ({len(gt)} frames)")
     return rows
 
 

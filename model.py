@@ -371,8 +371,8 @@ class RVM(nn.Module):
         return rearrange(torch.stack(out), "t (h w) d -> t h w d", w=first.shape[-1] // self.config.patch_size)
 
     def _attn_features(self, video):
-        """The §9 baseline: every frame's tokens (with CLS) concatenated, a sin/cos time embedding
-        added (ours: the paper allows learned or fixed), one ViT over all of them, split per frame."""
+        """The §9 baseline: every frame's tokens (with CLS) concatenated, a time embedding added (§9: positions
+        "augmented with a time dimension"; the sin/cos table is ours), one ViT over all of them, split per frame."""
         B, T = video.shape[:2]
         tokens = self.with_cls(self.tokenize(rearrange(video, "b t c h w -> (b t) c h w")))
         tokens = rearrange(tokens, "(b t) n d -> b t n d", b=B)

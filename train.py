@@ -616,7 +616,7 @@ def save_checkpoint(step):
         with contextlib.suppress(OSError):
             os.remove(ckpt_path + ".tmp")
         return (f"could not write {ckpt_path} at step {step} ({str(err).splitlines()[0]}); is the disk full? "
-                f"make room. {kept()}")
+                f"Make room. {kept()}")
 
 
 last_saved = start_step if init_from == "resume" else None  # the step of this run's newest checkpoint

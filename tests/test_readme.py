@@ -20,7 +20,8 @@ import pytest
 from conftest import DATA, REFERENCE, ROOT
 
 TOY = {"train.py": "--max_steps=2 --batch_size=2 --micro_batch=1 --num_workers=0 --warmup_steps=1 --log_interval=1 "
-                   "--eval_interval=1 --dtype=float32 --enc_layers=1 --core_layers=1 --dec_layers=1",
+                   "--eval_interval=1 --dtype=float32 --enc_layers=1 --core_layers=1 --dec_layers=1 --val_clips=2 "
+                   "--labelprop_sequences=blackswan --labelprop_resolution=(64,112)",
        "eval_labelprop.py": "--max_frames=4 --resolution 64 112",
        "visualize.py": "--frames=6",
        "bench.py": "--quick --json=bench.json --batch=2 --image_size=32"}
@@ -51,8 +52,9 @@ def toy(command):
                                     else "")
     if script == "eval_labelprop.py" and "--long_horizon" in words:
         extra = extra.replace("--max_frames=4", "--horizons=4,6")
+    # A toy setting the command already has is not repeated; any other comes after the command's, and wins.
     return [sys.executable if w == "python" else w for w in words] + [w for w in extra.split()
-                                                                      if not (w.startswith("--") and w in words)]
+                                                                      if not ("=" in w and w in words)]
 
 
 def workspace(tmp_path):
