@@ -52,9 +52,15 @@ def toy(command):
                                     else "")
     if script == "eval_labelprop.py" and "--long_horizon" in words:
         extra = extra.replace("--max_frames=4", "--horizons=4,6")
-    # A toy setting the command already has is not repeated; any other comes after the command's, and wins.
-    return [sys.executable if w == "python" else w for w in words] + [w for w in extra.split()
-                                                                      if not ("=" in w and w in words)]
+    groups = []  # the toy settings, each flag with the values that follow it ("--resolution 64 112")
+    for w in extra.split():
+        if w.startswith("--"):
+            groups.append([w])
+        else:
+            groups[-1].append(w)
+    present = lambda g: any(words[i:i + len(g)] == g for i in range(len(words)))  # noqa: E731
+    # A toy setting the command has as written is not repeated; any other comes after the command's, and wins.
+    return [sys.executable if w == "python" else w for w in words] + [w for g in groups if not present(g) for w in g]
 
 
 def workspace(tmp_path):

@@ -296,10 +296,10 @@ def test_held_out_loss_and_labelprop_during_training(tmp_path, davis):
     for i in range(12):
         iio.imwrite(tmp_path / "still" / "clip" / f"{i:05d}.png", still)
     out = tmp_path / "out"
-    succeed(out, val_data=tmp_path / "still", val_clips=3, labelprop_data=davis / "davis2017-mini", max_steps=4,
+    succeed(out, val_data=tmp_path / "still", val_clips=3, labelprop_data=davis / "davis2017-mini", max_steps=2,
             eval_interval=2, **LABELPROP)
     rows = evaluations(out)
-    assert [r["step"] for r in rows] == [0, 2, 4]
+    assert [r["step"] for r in rows] == [0, 2]
     assert all(r["val_loss_copy_last"] == 0.0 and r["val_loss"] > 0 for r in rows)
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -567,7 +567,7 @@ def test_the_readmes_slurm_script_requeues_and_the_requeued_job_continues(tmp_pa
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "srun").write_text('#!/bin/bash\nexec "$@"\n')
     (tmp_path / "bin" / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/requeued\n'
-                                               'kill -TERM -- -$(ps -o pgid= $PPID)\n')
+                                               'kill -TERM -- -$(ps -o pgid= $PPID | tr -d " ")\n')  # ps pads it
     for stand_in in ("srun", "scontrol"):
         (tmp_path / "bin" / stand_in).chmod(0o755)
     (tmp_path / "job.sh").write_text(script)
