@@ -4,7 +4,7 @@ command finds what an earlier one wrote, as on a fresh clone). Toy settings are 
 steps, smaller frames), and the data the README asks a user to provide is made here or taken
 from $RVM_DATA.
 Also: the demo's numbers in the README are what the demo prints for the checkpoint `python
-train.py` writes, when that checkpoint exists (the full run takes ~14 minutes: not in CI)."""
+train.py` writes, when that checkpoint exists (the full run takes ~15 minutes: not in CI)."""
 import ast
 import importlib.util
 import os
@@ -111,7 +111,7 @@ def test_every_readme_command_runs_as_written(tmp_path):
 def test_readme_demo_numbers_are_what_the_demo_prints(tmp_path):
     ckpt = ROOT / "out" / "noise_square" / "ckpt.pt"
     if not ckpt.exists():
-        pytest.skip("train the demo first (python train.py, ~14 min): the README's numbers come from its checkpoint")
+        pytest.skip("train the demo first (python train.py, ~15 min): the README's numbers come from its checkpoint")
     import torch
     if torch.load(ckpt, weights_only=True)["step"] != 5000:
         pytest.skip(f"{ckpt} is not a finished 5000-step run of configs/noise_square.py")
