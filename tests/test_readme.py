@@ -20,7 +20,7 @@ import pytest
 from conftest import DATA, REFERENCE, ROOT
 
 TOY = {"train.py": "--max_steps=2 --batch_size=2 --micro_batch=1 --num_workers=0 --warmup_steps=1 --log_interval=1 "
-                   "--eval_interval=1 --dtype=float32 --enc_layers=1 --core_layers=1 --dec_layers=1 --val_clips=2 "
+                   "--eval_interval=2 --dtype=float32 --enc_layers=1 --core_layers=1 --dec_layers=1 --val_clips=2 "
                    "--labelprop_sequences=blackswan --labelprop_resolution=(64,112)",
        "eval_labelprop.py": "--max_frames=4 --resolution 64 112",
        "visualize.py": "--frames=6",
