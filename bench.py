@@ -99,7 +99,7 @@ def bf16_weights(model):
     if not dist.is_initialized():
         dist.init_process_group("nccl" if GPU else "gloo", store=dist.HashStore(), rank=0, world_size=1)
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for block in [*model.encoder.layers, *model.rnn_core.transformer.xa_blocks, *model.decoder.xa_blocks, model]:
+    for block in [*model.blocks(), model]:
         fully_shard(block, mp_policy=policy)
     return model
 
@@ -155,13 +155,14 @@ def stream_case(aggregator, n_frames, res):
 
 
 def labelprop_case(n_frames):
-    from eval_labelprop import label_propagation
+    from eval_labelprop import TASKS, label_propagation
+    prop = {k: v for k, v in TASKS["davis"].items() if k != "resolution"}  # the paper's DAVIS settings (Table 8)
     feats = torch.nn.functional.normalize(torch.randn(n_frames, 30, 55, 384, device=DEVICE), dim=-1)
     labels = torch.rand(30, 55, 3, device=DEVICE)
-    label_propagation(feats[:2], labels)  # warm-up
+    label_propagation(feats[:2], labels, **prop)  # warm-up
     torch.cuda.reset_peak_memory_stats() if GPU else None
     start = time.perf_counter()
-    label_propagation(feats, labels)  # the paper's settings: context 20, top-k 7, temperature 0.7, radius 20
+    label_propagation(feats, labels, **prop)
     torch.cuda.synchronize() if GPU else None
     print(json.dumps({"s_per_frame": (time.perf_counter() - start) / (n_frames - 1), "peak_mb": peak_memory_mb()}))
 

@@ -304,14 +304,14 @@ class ClipDataset(torch.utils.data.IterableDataset):
 
     def __init__(self, sources, *, image_size=256, n_source=4, n_target=4, gap_min=4, gap_max=48, window=64,
                  per_frame_crop=False, flip_p=0.5, crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.25),
-                 seed=0, rank=0, start=0):
+                 seed=0, stream=0, start=0):
         super().__init__()
         if not (1 <= gap_min <= gap_max and min(n_source, n_target) >= 1 and n_source - 1 + gap_max < window):
             raise ValueError(f"need 1 <= gap_min <= gap_max, n_source, n_target >= 1 and n_source - 1 + gap_max < "
                              f"window, every target inside the clip's window (got gap_min={gap_min}, gap_max="
                              f"{gap_max}, n_source={n_source}, n_target={n_target}, window={window})")
         self.n_source, self.n_target, self.gap_min, self.gap_max = n_source, n_target, gap_min, gap_max
-        self.window, self.image_size, self.seed, self.rank, self.start = window, image_size, seed, rank, start
+        self.window, self.image_size, self.seed, self.stream, self.start = window, image_size, seed, stream, start
         self.aug = {"flip_p": flip_p, "scale": crop_scale, "ratio": crop_ratio, "per_frame_crop": per_frame_crop}
         self.batch_size = None  # None: yield examples; make_loader's copy yields whole batches
         self.skipped, self._warned = Counter(), set()  # skipped: 'unreadable', 'too_short' (start-up), 'decode'
@@ -321,14 +321,14 @@ class ClipDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"sources must be a spec or a list of (spec, weight > 0), got {sources!r}")
         self.weights = weights / weights.sum()
         self.sources = [self._open(spec) for spec, _ in specs]
-        self.masks = all(s["kind"] == "noise" for s in self.sources)  # only then can every example carry masks
+        self.masks = all(s["type"] == "noise" for s in self.sources)  # only then can every example carry masks
 
     @property
     def n_skipped(self):
         return sum(self.skipped.values())
 
-    def _skip(self, path, reason, kind):
-        self.skipped[kind] += 1
+    def _skip(self, path, reason, category):
+        self.skipped[category] += 1
         if path not in self._warned:  # one line per file, however often it is drawn
             self._warned.add(path)
             print(f"rvm data: skipping {path}: {reason} ({self.n_skipped} skipped so far)", file=sys.stderr)
@@ -338,7 +338,7 @@ class ClipDataset(torch.utils.data.IterableDataset):
         square: side in pixels (default half the frame); speed: pixels per frame (default: the authors'
         formula); direction: right, left, up, down, '|' between several, or any (default right)."""
         if spec.partition(":")[0] == "noise_square":
-            source = {"kind": "noise", "square": None, "speed": None, "direction": ("right",)}
+            source = {"type": "noise", "square": None, "speed": None, "direction": ("right",)}
             for item in filter(None, spec.partition(":")[2].split(",")):
                 key, _, value = item.partition("=")
                 lo, _, hi = value.partition("-")
@@ -348,8 +348,8 @@ class ClipDataset(torch.utils.data.IterableDataset):
                     if key == "direction":
                         source[key] = DIRECTIONS if value == "any" else tuple(value.split("|"))
                     else:
-                        kind = int if key == "square" else float
-                        source[key] = (kind(lo), kind(hi or lo))
+                        number = int if key == "square" else float
+                        source[key] = (number(lo), number(hi or lo))
                     if not set(source["direction"]) <= set(DIRECTIONS):
                         raise ValueError
                 except ValueError:
@@ -360,7 +360,8 @@ class ClipDataset(torch.utils.data.IterableDataset):
             return source
         folder = os.path.expanduser(spec)
         if not os.path.isdir(folder):
-            raise FileNotFoundError(f"data folder not found: {folder}")
+            raise FileNotFoundError(f"no such folder: {folder} (a folder of videos or frame folders, 'noise_square', "
+                                    "or a mixture [(spec, weight), ...])")
         videos, entries = [], index_folder(folder)
         for path, n, error in entries:
             if error:
@@ -373,15 +374,15 @@ class ClipDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"no usable video in {folder}: {len(entries)} found ({' '.join(VIDEO_EXTS)} files "
                              "and folders of frames), none readable and long enough")
         print(f"rvm data: {folder}: {len(videos)} videos, {len(entries) - len(videos)} skipped", file=sys.stderr)
-        return {"kind": "folder", "videos": videos}
+        return {"type": "folder", "videos": videos}
 
     def example(self, k):
-        """Example k of this stream: a pure function of (seed, rank, k)."""
+        """Example k of this stream: a pure function of (seed, stream, k)."""
         ns, nt, size, window = self.n_source, self.n_target, self.image_size, self.window
         for attempt in range(100):
-            rng = np.random.default_rng([self.seed, self.rank, k, attempt])
+            rng = np.random.default_rng([self.seed, self.stream, k, attempt])
             source = self.sources[rng.choice(len(self.sources), p=self.weights)]
-            if source["kind"] == "noise":  # a fresh stimulus, no flip or crop: a crop would blur the noise, and
+            if source["type"] == "noise":  # a fresh stimulus, no flip or crop: a crop would blur the noise, and
                 # direction covers the flip. A square with a speed starts where it stays in the frame.
                 frame_idx, deltas = sample_clip(rng, window, ns, nt, self.gap_min, self.gap_max, window)
                 lo, hi = source["square"] or (size // 2, size // 2)  # default: half the frame, as the authors

@@ -62,11 +62,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from data import image_names, read_frames
-from model import RVM, config_from_file, load_model
+from model import named_model
 
-# Supplement Table 8, per task; n_context 20 (§11.2's text says one for JHMDB, VIP), temperature 0.7, radius 20.
-TASKS = {"davis": dict(resolution=(480, 880), topk=7), "jhmdb": dict(resolution=(320, 320), topk=7),
-         "vip": dict(resolution=(448, 880), topk=10)}
+# Supplement Table 8, per task: the resolution and label_propagation's settings (n_context 20 for all three, as the
+# table says; §11.2's text says one for JHMDB and VIP).
+TABLE8 = dict(n_context=20, temperature=0.7, radius=20)
+TASKS = {"davis": dict(resolution=(480, 880), topk=7, **TABLE8), "jhmdb": dict(resolution=(320, 320), topk=7, **TABLE8),
+         "vip": dict(resolution=(448, 880), topk=10, **TABLE8)}
 VIP_CLASSES = ["background", "hat", "hair", "sun-glasses", "upper-clothes", "dress", "coat", "socks", "pants", "gloves",
                "scarf", "skirt", "torso-skin", "face", "right-arm", "left-arm", "right-leg", "left-leg", "right-shoe",
                "left-shoe"]
@@ -78,8 +80,8 @@ JHMDB_JOINTS = 15
 # mismatch or a wrong mask format is an error naming the path, raised before any model work.
 
 
-def _require(path, what, kind="dir"):
-    if not (os.path.isdir(path) if kind == "dir" else os.path.isfile(path)):
+def _require(path, what, is_file=False):
+    if not (os.path.isfile(path) if is_file else os.path.isdir(path)):
         raise FileNotFoundError(f"{what} not found: {path}")
 
 
@@ -98,7 +100,7 @@ def _read_masked(root, dataset, list_file, frames_dir, masks_dir, sequences):
     masks checked for the same count, names and sizes, and the masks' mode."""
     _require(root, f"{dataset} folder")
     list_path = os.path.join(root, list_file)
-    _require(list_path, f"{dataset} video list", "file")
+    _require(list_path, f"{dataset} video list", is_file=True)
     names = _pick([n.strip() for n in Path(list_path).read_text().splitlines() if n.strip()], sequences, list_path)
     modes = ("P",) if dataset == "DAVIS" else ("L", "P")  # DAVIS: object indices; VIP: class ids, grey or palette
     videos = []
@@ -163,7 +165,7 @@ def read_jhmdb(root, sequences=None):
         frame_dir = os.path.join(root, "Rename_Images", name)
         path = os.path.join(root, "joint_positions", name, "joint_positions.mat")
         _require(frame_dir, f"frames of video {name!r} (listed in {split_dir})")
-        _require(path, f"joints of video {name!r}", "file")
+        _require(path, f"joints of video {name!r}", is_file=True)
         try:
             pos = scipy.io.loadmat(path)["pos_img"]
         except Exception as err:  # noqa: BLE001 -- any unreadable file gets the same clear message
@@ -191,14 +193,11 @@ def read_mask(path):
         return np.array(im)
 
 
-def model_features(model, kind="core", device="cpu"):
+def model_features(model, frames, per_frame=False, device="cpu"):
     """frames uint8 [T, H, W, 3] -> L2-normalised patch features [T, h, w, C] on the CPU, the model streamed
-    over the video a frame at a time ('core': o_t; 'encoder': no recurrence)."""
-    def extract(frames, progress):
-        features = model.patch_features((torch.from_numpy(f).to(device).permute(2, 0, 1) / 255 for f in frames), kind)
-        progress.update(len(frames))
-        return F.normalize(features, dim=-1).cpu()
-    return extract
+    over the video a frame at a time (o_t; per_frame: the encoder's ê_t, no recurrence)."""
+    video = (torch.from_numpy(f).to(device).permute(2, 0, 1) / 255 for f in frames)
+    return F.normalize(model.video_features(video, per_frame), dim=-1).cpu()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,8 +238,7 @@ def pose_to_labels(joints, grid, native_size, sigma=0.5):
     return torch.from_numpy(labels)
 
 
-def label_propagation(feats, labels, n_context=20, temperature=0.7, topk=7, radius=20,
-                      chunk_size=None, device=None, progress=None):
+def label_propagation(feats, labels, n_context, temperature, topk, radius, chunk_size=None, device=None, progress=None):
     """Step 3: features [T, h, w, C] (moved to `device` a frame at a time) and frame 0's soft labels [h, w, K] -> soft
     predictions [T, h, w, K] on the CPU. Unlike the authors' notebook, frame 0 keeps its given labels: its loop also
     updates at t = 0: one queued copy of frame 0 becomes its self-propagated (smoothed) labels, output for frame 0."""
@@ -443,8 +441,10 @@ def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_di
              say=tqdm.write):
     """Steps 1-5, video by video: a row per DAVIS object (its J and F of frames 1..T-1, 'j' and 'f'; the last frame
     is dropped when means are taken), per VIP video (its confusion matrix over all frames, 'hist', as the notebook
-    pools them, and mIoU) or per JHMDB video (the joints 'gt' and 'pred' [T, 15, 2], 'visible' [T, 15], PCK@0.1)."""
+    pools them, and mIoU) or per JHMDB video (the joints 'gt' and 'pred' [T, 15, 2], 'visible' [T, 15], PCK@0.1).
+    extract: frames uint8 [T, H, W, 3] -> features [T, h, w, C]; prop: label_propagation's settings over Table 8's."""
     grid, rows = _grid(resolution, patch_size), []
+    prop = {**{k: v for k, v in TASKS[task].items() if k != "resolution"}, **(prop or {})}
     for video in videos:
         frames, native = read_video(video, resolution)
         if task == "jhmdb":
@@ -456,7 +456,9 @@ def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_di
             values = [v for v in np.unique(gt[0]) if task == "davis" or v < len(VIP_CLASSES)]  # VIP's 255: no channel
             labels, values = mask_to_labels(gt[0], resolution, grid, values)
         with tqdm(total=2 * len(frames) - 1, desc=video["name"], leave=False) as bar:  # step 1's features, then 3
-            soft = label_propagation(extract(frames, progress=bar), labels, progress=bar, **(prop or {}))
+            features = extract(frames)
+            bar.update(len(frames))
+            soft = label_propagation(features, labels, progress=bar, **prop)
         if task == "jhmdb":
             joints, visible = labels_to_pose(soft, native)
             rows.append(dict(video=video["name"], n_frames=len(frames), gt=video["joints"], pred=joints,
@@ -528,9 +530,9 @@ def parse_args(argv=None):
                    help="core: the recurrent core's output (RVM); encoder: per-frame encoder output (image model)")
     p.add_argument("--resolution", type=int, nargs=2, metavar=("H", "W"), help="task resolution (default per task)")
     p.add_argument("--topk", type=int, help="neighbours (default 7; VIP 10)")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--n_context", type=int, default=20, help="queued context frames besides frame 0")
-    p.add_argument("--radius", type=float, default=20, help="search radius in grid cells for queued frames")
+    p.add_argument("--temperature", type=float, help="of the affinities (default 0.7)")
+    p.add_argument("--n_context", type=int, help="queued context frames besides frame 0 (default 20)")
+    p.add_argument("--radius", type=float, help="search radius in grid cells for queued frames (default 20)")
     p.add_argument("--max_frames", type=int, help="use only the first N frames of each video")
     p.add_argument("--sequences", help="comma-separated video names (default: all in the list)")
     p.add_argument("--long_horizon", action="store_true", help="DAVIS: paper Fig. 4 (the first 16..80 frames)")
@@ -542,12 +544,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.sequences = [s for s in args.sequences.split(",") if s] if args.sequences else None
     args.horizons = sorted(int(n) for n in args.horizons.split(",")) if args.long_horizon else None
-    args.topk = TASKS[args.task]["topk"] if args.topk is None else args.topk  # --topk=0 is an error, not the default
+    for key in ("topk", "temperature", "n_context", "radius"):  # unset: the task's (--topk=0 is an error, not unset)
+        setattr(args, key, TASKS[args.task][key] if getattr(args, key) is None else getattr(args, key))
     args.resolution = tuple(args.resolution or TASKS[args.task]["resolution"])
-    src = Path(args.ckpt or args.untrained)  # out/<run>/ckpt.pt is named <run>
-    model_name = f"untrained-{src.stem}" if args.untrained else src.parent.name if src.stem == "ckpt" else src.stem
-    args.out_dir = args.out_dir or os.path.join("out", "labelprop", f"{args.task}-{model_name}-{args.features}-"
-                                                f"{args.resolution[0]}x{args.resolution[1]}")
     if args.n_context < 0 or args.topk < 1 or args.temperature <= 0:
         raise ValueError("need --n_context >= 0, --topk >= 1 and --temperature > 0")
     if args.long_horizon and (args.task != "davis" or args.horizons[0] < 3 or args.max_frames):
@@ -574,24 +573,21 @@ def load_videos(args):
 def main(argv=None):
     args = parse_args(argv)
     videos = load_videos(args)  # every file checked before any model work
-    if args.untrained:
-        torch.manual_seed(args.seed)
-        model = RVM(config_from_file(args.untrained)).eval()
-    else:
-        model = load_model(args.ckpt)
-    model, P, out = model.to(args.device), model.config.patch_size, args.out_dir
+    model, name = named_model(args.ckpt, args.untrained, args.seed)
+    model, P = model.to(args.device), model.config.patch_size
+    out = args.out_dir or os.path.join("out", "labelprop", f"{args.task}-{name}-{args.features}-"
+                                                           f"{args.resolution[0]}x{args.resolution[1]}")
     h, w = _grid(args.resolution, P)
     if h * w > 16384:  # label_propagation keeps an N x N neighbourhood mask: N = 16384 is 256 MB already
         raise ValueError(f"--resolution {args.resolution[0]} {args.resolution[1]} with this model's patch size "
                          f"{P} is {h * w} tokens per frame: far too many for label propagation "
                          "(the paper's 480x880 at patch 16 is 1650); lower --resolution")
-    extract = model_features(model, args.features, args.device)
-    prop = dict(n_context=args.n_context, temperature=args.temperature, topk=args.topk, radius=args.radius,
-                device=args.device)
+    prop = {k: getattr(args, k) for k in ("n_context", "temperature", "topk", "radius", "device")}
     print(f"{args.task}: {len(videos)} videos at {args.resolution[0]}x{args.resolution[1]}, "
           f"{args.ckpt or f'untrained {args.untrained}'}, {args.features} features, n_context {args.n_context}, "
           f"temperature {args.temperature}, top-k {args.topk}, radius {args.radius:g}")
     os.makedirs(out, exist_ok=True)
+    extract = lambda frames: model_features(model, frames, args.features == "encoder", args.device)  # noqa: E731
     rows = evaluate(args.task, videos, extract, args.resolution, P, prop, out, args.save_masks)
     if args.task == "davis":
         line = report_davis(rows, out, args.horizons, f"{args.features} features")

@@ -18,10 +18,10 @@ width. Every token set carries a CLS token in front, so a frame has N + 1 tokens
 """
 
 import functools
-import itertools
 import math
 import timeit
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -163,10 +163,9 @@ class ViTBlock(nn.Module):
 
 
 class CrossAttentionBlock(nn.Module):
-    """The block of the core's Tx and of the decoder (§3.1 "Decoder", Table 6): cross-attention to
-    `memory`, then MLP, then self-attention, each pre-normalised with a residual. (The paper's
-    Listing 2 has another order; its text, Table 6 and the authors' code use this one.) The memory
-    is not normalised here: whoever produces it does that."""
+    """The block of the core's Tx and of the decoder (§3.1 "Decoder", Table 6): cross-attention to `memory`, then MLP,
+    then self-attention, each pre-normalised with a residual. (The paper's Listing 2 has another order; its text, Table
+    6 and the authors' code use this one.) The memory is not normalised here: whoever produces it does that."""
 
     def __init__(self, dim, heads, mlp):
         super().__init__()
@@ -284,16 +283,20 @@ class RVM(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def positions(self, h, w, device):
-        """The position tables (encoder [h*w, width], decoder [h*w, dec_width]) of an h x w grid, built once
-        per grid and device. Under torch.compile, build them before the first step: tables built inside the
-        compiled graph make the second step compile again. The decoder's is a fresh 1-D table for the
-        target's grid, never resized."""
+        """The position tables (encoder [h*w, width], decoder [h*w, dec_width]) of an h x w grid, built once per grid
+        and device. Under torch.compile, build them before the first step: tables built inside the compiled graph make
+        the second step compile again. The decoder's is a fresh 1-D table for the target's grid, never resized."""
         key = (h, w, str(device))
         if key not in self._positions:
             c = self.config
             tables = encoder_positions(h, w, c.width, c.base_grid), sincos_table(h * w, c.dec_width)
             self._positions[key] = tuple(t.to(device) for t in tables)
         return self._positions[key]
+
+    def blocks(self):
+        """The transformer blocks in order: what FSDP shards one by one (§4.1), each gathered just before it runs."""
+        core = list(self.rnn_core.transformer.xa_blocks) if self.config.aggregator == "rnn" else []
+        return [*self.encoder.layers, *core, *self.decoder.xa_blocks]
 
     # -- tokenizer and encoder (§3.1) --
 
@@ -328,30 +331,17 @@ class RVM(nn.Module):
         state = self.rnn_core(e, state.to(e.dtype))
         return state, state  # o_t = s_t
 
-    def stream(self, frames, kind="core"):
-        """Yields each frame's features [B, N+1, D] as frames [B, 3, H, W] arrive from any iterable,
-        so that a video never has to be in memory at once. kind 'core': o_t, the state carried from
-        frame to frame; 'encoder': ê_t alone, no recurrence (the image-model baseline)."""
-        if kind not in ("core", "encoder"):
-            raise ValueError(f"kind must be 'core' or 'encoder', got {kind!r}")
-        state = None
-        for frame in frames:
-            o, state = self.step(frame, state) if kind == "core" else (self.encode(frame), None)
-            yield o
-
-    def features(self, video, kind="core"):
-        """Features of every frame of a video in memory, [B, T, 3, H, W] -> [B, T, N+1, D] (token 0 is CLS).
-        'core': o_1..o_T, the encoder run on all T frames as one batch, then the core unrolled from
-        s_0 = 0 (§3.1), so frame t never sees a frame after t; 'encoder': ê_t alone. Training reads
-        the source frames' features here; `stream` computes the same a frame at a time."""
+    def features(self, video, per_frame=False):
+        """Features of every frame of a video in memory, [B, T, 3, H, W] -> [B, T, N+1, D] (token 0 is CLS):
+        o_1..o_T, the encoder run on all T frames as one batch, then the core unrolled from s_0 = 0 (§3.1),
+        so frame t never sees a frame after t (the attn baseline: its one ViT over all frames, §9);
+        per_frame: ê_t alone, no aggregation over time. Training reads the source frames' features here."""
         self._check_frames(video, "video", ndim=5)
-        if kind not in ("core", "encoder"):
-            raise ValueError(f"kind must be 'core' or 'encoder', got {kind!r}")
-        if self.config.aggregator == "attn" and kind == "core":
+        if self.config.aggregator == "attn" and not per_frame:
             return self._attn_features(video)
         e = rearrange(self.encode(rearrange(video, "b t c h w -> (b t) c h w")), "(b t) n d -> t b n d",
                       b=video.shape[0])
-        if kind == "encoder":
+        if per_frame:
             return rearrange(e, "t b n d -> b t n d")
         state, outputs = torch.zeros_like(e[0]), []
         for e_t in e:
@@ -360,15 +350,17 @@ class RVM(nn.Module):
         return torch.stack(outputs, dim=1)
 
     @torch.no_grad()
-    def patch_features(self, frames, kind="core"):
-        """What the evaluations and pictures use: the frames [3, H, W] of one video from any iterable,
-        streamed -> patch features [T, h, w, D] in float32, CLS dropped, patches row-major."""
-        frames = iter(frames)
-        first = next(frames, None)
-        if first is None:
-            raise ValueError("patch_features(): the video has no frames")
-        out = [o[0, 1:].float() for o in self.stream((f[None] for f in itertools.chain([first], frames)), kind)]
-        return rearrange(torch.stack(out), "t (h w) d -> t h w d", w=first.shape[-1] // self.config.patch_size)
+    def video_features(self, frames, per_frame=False):
+        """What the evaluations and pictures read: the frames [3, H, W] of one video, from any iterable, streamed
+        a frame at a time (a video never has to be in memory) -> patch features [T, h, w, D] in float32, CLS
+        dropped. o_t, the state carried from frame to frame; per_frame: ê_t alone (the image-model baseline)."""
+        out, state = [], None
+        for frame in frames:
+            o, state = (self.encode(frame[None]), None) if per_frame else self.step(frame[None], state)
+            out.append(o[0, 1:].float())
+        if not out:
+            raise ValueError("video_features(): the video has no frames")
+        return torch.stack(out).unflatten(1, [n // self.config.patch_size for n in frame.shape[-2:]])
 
     def _attn_features(self, video):
         """The §9 baseline: every frame's tokens (with CLS) concatenated, a time embedding added (§9: positions
@@ -654,7 +646,18 @@ def load_model(path, **config_overrides):
     known = {f.name for f in fields(RVMConfig)}
     model = RVM(RVMConfig(**{**{k: v for k, v in ckpt["model_config"].items() if k in known}, **config_overrides}))
     model.load_state_dict(ckpt["model"])
+    model.trained_with = ckpt.get("config", {})  # train.py's settings (its image_size, say)
     return model.eval()
+
+
+def named_model(ckpt=None, untrained=None, seed=0):
+    """The model of a command line's --ckpt (a .pt of train.py's or the authors' .npz) or --untrained (a config file:
+    a new model of its size, seeded) -> (the model in eval mode, a name for its outputs: out/<run>/ckpt.pt is <run>)."""
+    path = Path(ckpt or untrained)
+    if untrained:
+        torch.manual_seed(seed)
+        return RVM(config_from_file(untrained)).eval(), f"untrained-{path.stem}"
+    return load_model(ckpt), path.parent.name if path.stem == "ckpt" else path.stem
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ steps, and evaluations), loss.png and reconstruction.png (every eval_interval st
 
 The global batch is split as batch_size = world size x grad accumulation x micro_batch, and the
 data as batch_size / micro_batch "slots": independent example streams, slot i being
-data.ClipDataset(rank=i). Process r feeds slots r*A .. r*A+A-1 to its A micro-batches, and the
+data.ClipDataset(stream=i). Process r feeds slots r*A .. r*A+A-1 to its A micro-batches, and the
 masks of a micro-batch are drawn from (seed, step, slot). So what a step trains on does not depend
 on the number of processes: a run can resume on another number of GPUs and continue the same data.
 """
@@ -27,6 +27,7 @@ import contextlib
 import copy
 import difflib
 import fcntl
+import functools
 import itertools
 import json
 import math
@@ -425,7 +426,7 @@ if distributed and local_rank != 0:
 try:
     clips = dict(image_size=image_size, n_source=n_source, n_target=n_target, gap_min=gap_min, gap_max=gap_max,
                  window=window, per_frame_crop=per_frame_crop)
-    stream, data_error = ClipDataset(data, **clips, seed=seed, rank=slots[0], start=examples_per_slot), None
+    stream, data_error = ClipDataset(data, **clips, seed=seed, stream=slots[0], start=examples_per_slot), None
 except (ValueError, OSError) as err:
     data_error = f"data={data!r}: {err}"
 if distributed and local_rank == 0:
@@ -437,7 +438,7 @@ stop_together(data_error)
 VAL_STREAM, val_batches, val_masks = 2 ** 31 - 1, [], []
 if val_data and master:
     try:  # val_clips in whole micro-batches
-        held_out = make_loader(ClipDataset(val_data, **clips, seed=0, rank=VAL_STREAM), micro_batch)
+        held_out = make_loader(ClipDataset(val_data, **clips, seed=0, stream=VAL_STREAM), micro_batch)
         val_batches = list(itertools.islice(held_out, math.ceil(val_clips / micro_batch)))
     except (ValueError, OSError, RuntimeError) as err:
         data_error = f"val_data={val_data!r}: {err}"
@@ -452,7 +453,7 @@ stop_together(data_error)
 def slot_loader(slot):
     """The stream of examples (seed, slot, k). Its loader workers ignore the stop signals: this process saves."""
     dataset = copy.copy(stream)
-    dataset.rank = slot
+    dataset.stream = slot
     loader = make_loader(dataset, micro_batch, num_workers=math.ceil(num_workers / grad_accum))
     loader.worker_init_fn = lambda worker: [signal.signal(sig, signal.SIG_IGN) for sig in stop_signals]
     return iter(loader)
@@ -525,10 +526,7 @@ if sharding == "fsdp" and not spmd:
     mesh = init_device_mesh(dev.type, (world_size,))
     mp_policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
                                       cast_forward_inputs=False) if dtype == "bfloat16" else MixedPrecisionPolicy())
-    blocks = list(model.encoder.layers) + list(model.decoder.xa_blocks)
-    if model_config.aggregator == "rnn":
-        blocks += list(model.rnn_core.transformer.xa_blocks)
-    for block in blocks + [model]:
+    for block in model.blocks() + [model]:
         fully_shard(block, mesh=mesh, mp_policy=mp_policy)
 if spmd:  # FSDP as XLA does it (torch_xla's FSDPv2): each weight split along its largest dimension over a
     # mesh of all devices, the batch along its first; the compiler inserts the gathers, and the optimizer
@@ -638,10 +636,11 @@ def evaluate(step):
         losses = [net(*(b[k].to(dev).float() / 255 for k in ("source", "target")), b["deltas"],
                       mask_perm=m.to(dev))[0].item() for b, m in zip(val_batches, val_masks, strict=True)]
     row = dict(val_loss=sum(losses) / len(losses), val_loss_copy_last=copy_last) if losses else {}
-    for kind in ("core", "encoder") if labelprop_data else ():  # float32, exactly as eval_labelprop.py
-        rows = propagate_labels("davis", labelprop_videos, model_features(net, kind, dev), labelprop_resolution,
-                                model_config.patch_size, dict(device=dev), say=lambda line: None)
-        row[f"jf_{kind}"] = davis_summary(rows)["jf"]
+    for name, per_frame in [("core", False), ("encoder", True)] if labelprop_data else []:  # as eval_labelprop.py
+        extract = functools.partial(model_features, net, per_frame=per_frame, device=dev)
+        rows = propagate_labels("davis", labelprop_videos, extract, labelprop_resolution, model_config.patch_size,
+                                dict(device=dev), say=lambda line: None)
+        row[f"jf_{name}"] = davis_summary(rows)["jf"]
     write_log({"step": step, **row})
     progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
 

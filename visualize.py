@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import count_frames, noise_square_video, read_frames
-from model import RVM, config_from_file, load_model
+from data import DIRECTIONS, count_frames, noise_square_video, read_frames
+from model import RVM, named_model
 
 # One colour per K-means cluster (tab10 without its grey); more clusters cycle.
 PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
@@ -64,12 +64,12 @@ def without_square(video, masks, seed=0):
     return background[None].expand_as(video).clone()
 
 
-def unroll(model, video, kind="core", device="cpu", progress=True):
+def unroll(model, video, per_frame=False, device="cpu", progress=True):
     """float [T, 3, H, W] -> patch features [T, h, w, D], the model streamed one frame at a time
-    ('core': o_t, frame t never sees a later frame; 'encoder': the per-frame ViT alone)."""
+    (o_t, frame t never sees a later frame; per_frame: the encoder's ê_t, the per-frame ViT alone)."""
     model = model.to(device).eval()
-    frames = tqdm(video, desc=f"{kind} features", unit="frame", disable=not progress, leave=False)
-    return model.patch_features((f.to(device) for f in frames), kind)
+    frames = tqdm(video, desc="features", unit="frame", disable=not progress, leave=False)
+    return model.video_features((f.to(device) for f in frames), per_frame)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,9 +191,9 @@ def noise_square_demo(model, video, masks, features, args):
     torch.manual_seed(args.seed)
     untrained = RVM(model.config).eval()  # the same size, randomly initialised
     rows = {"core features (RVM)": lambda: features,  # each row computed when scored: one in memory at a time
-            "encoder only (image model)": lambda: unroll(model, x, "encoder", device),
-            "untrained model (random init)": lambda: unroll(untrained, x, "core", device),
-            "control: video without square": lambda: unroll(model, x0, "core", device),
+            "encoder only (image model)": lambda: unroll(model, x, per_frame=True, device=device),
+            "untrained model (random init)": lambda: unroll(untrained, x, device=device),
+            "control: video without square": lambda: unroll(model, x0, device=device),
             "control: patch positions only": lambda: position_features(*truth.shape).to(device)}
     scores = {name: cluster_iou(kmeans_labels(get(), args.k, args.seed), truth, range(first, T))
               for name, get in rows.items()}
@@ -279,7 +279,7 @@ def parse_args(argv=None):
     p.add_argument("--frames", type=int, help="the stimulus's length (default 64), or the most frames read")
     p.add_argument("--square", type=int, help="stimulus: the square's side in pixels (default half the frame)")
     p.add_argument("--speed", type=float, help="stimulus: pixels per frame (default: across the frame once)")
-    p.add_argument("--direction", default="right", choices=["right", "left", "up", "down"])
+    p.add_argument("--direction", default="right", choices=DIRECTIONS)
     p.add_argument("--k", type=int, default=5, help="K-means clusters (§13: 5)")
     p.add_argument("--seed", type=int, default=0, help="seeds K-means, the stimulus and the untrained models")
     p.add_argument("--fps", type=float, default=8)
@@ -289,23 +289,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def build_model(args):
-    """(model, its name, the frame size it was trained at or None)."""
-    if args.untrained:
-        torch.manual_seed(args.seed)
-        return RVM(config_from_file(args.untrained)).eval(), f"untrained-{Path(args.untrained).stem}", None
-    path, model = Path(args.ckpt), load_model(args.ckpt)  # our .pt checkpoints know the frame size they trained at
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True) if path.suffix == ".pt" else {}
-    return model, path.parent.name if path.stem == "ckpt" else path.stem, ckpt.get("config", {}).get("image_size")
-
-
 def main(argv=None):
     args = parse_args(argv)
-    model, model_name, trained_at = build_model(args)
+    model, model_name = named_model(args.ckpt, args.untrained, args.seed)
     P, out_dir = model.config.patch_size, args.out_dir or os.path.join("out", "visualize", model_name)
     strip = [int(s) for s in args.strip.split(",")] if args.strip else None
     if args.demo:
-        size = args.image_size or trained_at or 512
+        size = args.image_size or getattr(model, "trained_with", {}).get("image_size") or 512  # a .pt: as trained
         if size % P:
             raise ValueError(f"--image_size={size} is not a multiple of the patch size {P}")
         video_u8, masks = noise_square_video(args.frames or 64, size, args.square, args.speed, args.direction,
@@ -317,7 +307,7 @@ def main(argv=None):
     if tokens > 16384:
         print(f"visualize.py: warning: {tokens} tokens per frame at {video.shape[-2]}x{video.shape[-1]} with patch {P}:"
               " this will be slow; --image_size sets a smaller frame", file=sys.stderr)
-    features = unroll(model, video, "core", args.device)  # once, for the table and the pictures
+    features = unroll(model, video, device=args.device)  # once, for the table and the pictures
     if args.demo:
         noise_square_demo(model, video_u8, masks, features, args)
     paths = visualize(video, features, out_dir, name, args.k, args.seed, args.fps, args.scale, strip, masks)

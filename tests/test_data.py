@@ -433,14 +433,14 @@ def noise_folder(tmp_path_factory):
     return str(folder)
 
 
-def test_same_seed_same_stream_other_rank_other_stream(noise_folder):
+def test_same_seed_same_stream_other_stream_id_other_stream(noise_folder):
     def stream(**kw):
         ds = data.ClipDataset(noise_folder, image_size=16, **kw)
         return [ds.example(k) for k in range(6)]
 
     base = stream()
     assert all(same(a, b) for a, b in zip(base, stream(), strict=True))
-    for other in [stream(rank=1), stream(seed=1)]:
+    for other in [stream(stream=1), stream(seed=1)]:
         assert all(not torch.equal(a["source"], b["source"]) for a, b in zip(base, other, strict=True))
     assert len({ex["source"].float().sum().item() for ex in base}) == 6
     resumed = iter(data.ClipDataset(noise_folder, image_size=16, start=3))

@@ -110,8 +110,8 @@ def test_topk_and_softmax_by_hand():
     torch.manual_seed(0)
     feats = torch.nn.functional.normalize(torch.randn(6, 4, 5, 8), dim=-1)
     labels = torch.softmax(torch.randn(4, 5, 3), -1)
-    full = lp.label_propagation(feats, labels, n_context=3, topk=5, radius=2)
-    chunked = lp.label_propagation(feats, labels, n_context=3, topk=5, radius=2, chunk_size=3)
+    full = lp.label_propagation(feats, labels, n_context=3, temperature=0.7, topk=5, radius=2)
+    chunked = lp.label_propagation(feats, labels, n_context=3, temperature=0.7, topk=5, radius=2, chunk_size=3)
     torch.testing.assert_close(full, chunked)
 
 
@@ -462,12 +462,11 @@ def test_vip_and_jhmdb_bad_data_errors(tmp_path):
 
 
 def test_bad_data_is_reported_before_any_model_work(tmp_path, monkeypatch):
-    # A stand-in model module that fails loudly if the script touches it.
+    # A stand-in for the model that fails loudly if the script asks for one.
     def no_model(*args, **kwargs):
         raise AssertionError("model work started before the data was checked")
 
-    for name in ("RVM", "config_from_file", "load_model"):
-        monkeypatch.setattr(lp, name, no_model)
+    monkeypatch.setattr(lp, "named_model", no_model)
     root = _davis_fixture(tmp_path / "davis")
     os.remove(root / "Annotations" / "480p" / "seq-a" / "00007.png")
     for source in ([f"--ckpt={tmp_path / 'missing.pt'}"], ["--untrained=configs/s.py"]):

@@ -224,7 +224,7 @@ def test_pointless_settings_are_named_before_any_work(tmp_path):
     (["--micro_batch=3"], "batch_size=4 must be a positive multiple of micro_batch * world_size = 3 * 1"),
     (["--width=33"], "model settings: the enc width 33 is not divisible by enc_heads=2"),
     (["--gap_max=70"], "must be < n_deltas=64"),
-    (["--val_data=/no/such/folder"], "val_data='/no/such/folder': data folder not found"),
+    (["--val_data=/no/such/folder"], "val_data='/no/such/folder': no such folder"),
     (["--labelprop_data=/no/such/folder"], "labelprop_data='/no/such/folder': DAVIS folder not found"),
 ])
 def test_clear_errors(tmp_path, args, expected):
@@ -304,7 +304,8 @@ def test_held_out_loss_and_labelprop_during_training(tmp_path, davis):
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
     model, videos = load_model(out / "ckpt.pt"), read_davis(davis / "davis2017-mini", ["blackswan"])
-    scored = evaluate("davis", videos, model_features(model, "encoder"), (64, 112), model.config.patch_size)
+    scored = evaluate("davis", videos, lambda frames: model_features(model, frames, per_frame=True), (64, 112),
+                      model.config.patch_size)
     assert davis_summary(scored)["jf"] == rows[-1]["jf_encoder"]  # and the core's through the command line:
     line = main(["--task=davis", f"--data={davis / 'davis2017-mini'}", f"--ckpt={out / 'ckpt.pt'}", "--resolution",
                  "64", "112", "--sequences=blackswan", f"--out_dir={tmp_path / 'labelprop'}"])

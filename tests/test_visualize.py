@@ -6,7 +6,7 @@ import torch
 
 import visualize as vis
 from conftest import REFERENCE
-from model import RVM, RVMConfig
+from model import RVM, RVMConfig, load_model
 
 TINY_CONFIG = "patch_size = {P}\nwidth = 32\nenc_layers = 1\nenc_heads = 2\ncore_layers = 1\ncore_heads = 2\n"
 
@@ -231,7 +231,7 @@ def test_end_to_end_official_micro_weights(tmp_path):
     # the features are the authors' model's: they match their reference run, frame by frame
     arrays = np.load(ref)
     video = torch.from_numpy(arrays["video"][0]).permute(0, 3, 1, 2).float()
-    feats = vis.unroll(vis.load_model(ref), video, "core", progress=False)
+    feats = vis.unroll(load_model(ref), video, progress=False)
     assert torch.allclose(feats, torch.from_numpy(arrays["features"][0, :, 1:]).reshape(feats.shape), atol=1e-5)
 
 
@@ -240,11 +240,11 @@ def test_unroll_is_streaming_and_matches_model_features():
     model = RVM(RVMConfig(patch_size=8, width=32, enc_layers=1, enc_heads=2, core_layers=1, core_heads=2,
                           dec_width=32, dec_layers=1, dec_heads=2)).eval()
     video = torch.rand(5, 3, 16, 24)
-    feats = vis.unroll(model, video, "core", progress=False)
+    feats = vis.unroll(model, video, progress=False)
     with torch.no_grad():
         assert torch.allclose(feats.reshape(5, 6, 32), model.features(video[None])[0, :, 1:], atol=1e-5)
-        enc = model.features(video[None], kind="encoder")[0, :, 1:]
-    assert torch.allclose(vis.unroll(model, video, "encoder", progress=False).reshape(5, 6, 32), enc, atol=1e-5)
+        enc = model.features(video[None], per_frame=True)[0, :, 1:]
+    assert torch.allclose(vis.unroll(model, video, per_frame=True, progress=False).reshape(5, 6, 32), enc, atol=1e-5)
 
 
 def test_demo_prints_the_table_and_outlines_the_square(tmp_path, capsys, monkeypatch):
