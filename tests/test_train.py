@@ -223,7 +223,7 @@ def test_pointless_settings_are_named_before_any_work(tmp_path):
     (["--data=/no/such/folder"], "data='/no/such/folder': no such folder"),
     (["--micro_batch=3"], "batch_size=4 must be a positive multiple of micro_batch * world_size = 3 * 1"),
     (["--width=33"], "model settings: the enc width 33 is not divisible by enc_heads=2"),
-    (["--gap_max=70"], "must be < n_deltas=64"),
+    (["--window=80"], "window=80 > n_deltas=64"),
     (["--val_data=/no/such/folder"], "val_data='/no/such/folder': no such folder"),
     (["--labelprop_data=/no/such/folder"], "labelprop_data='/no/such/folder': DAVIS folder not found"),
 ])
