@@ -377,7 +377,6 @@ def load_data(clips, slots, start, tokens):
     rank 0, which evaluates: the held-out clips and masks, the same in every evaluation, run and world size, and the
     DAVIS videos of labelprop_data, checked whole. Returns (the loaders, iterating, held-out clips, videos)."""
     from data import ClipDataset, make_loader
-    from eval_labelprop import read_davis
 
     held_out, videos, error, setting = None, None, None, "data"
     if distributed and local_rank != 0:
@@ -396,6 +395,7 @@ def load_data(clips, slots, start, tokens):
             held_out = dict(batches=batches, masks=masks, copy_last=copy_last)
         setting = "labelprop_data"
         if labelprop_data and master:
+            from eval_labelprop import read_davis  # (its matplotlib import costs a quarter second)
             videos = read_davis(labelprop_data, [s for s in labelprop_sequences.split(",") if s] or None)
     except (ValueError, OSError, RuntimeError) as err:
         error = f"{setting}={settings[setting]!r}: {err}"
