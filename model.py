@@ -164,8 +164,8 @@ class ViTBlock(nn.Module):
 
 class CrossAttentionBlock(nn.Module):
     """The block of the core's Tx and of the decoder (§3.1 "Decoder", Table 6): cross-attention to `memory`, then MLP,
-    then self-attention, each pre-normalised with a residual. (The paper's Listing 2 has another order; its text, Table
-    6 and the authors' code use this one.) The memory is not normalised here: whoever produces it does that."""
+    then self-attention, each pre-normalised with a residual. (The paper's Listing 2 has another order; its text,
+    Table 6 and the authors' code use this one.) The memory is not normalised here: whoever produces it does that."""
 
     def __init__(self, dim, heads, mlp):
         super().__init__()
