@@ -155,8 +155,8 @@ def stream_case(aggregator, n_frames, res):
 
 
 def labelprop_case(n_frames):
-    from eval_labelprop import TASKS, label_propagation
-    prop = {k: v for k, v in TASKS["davis"].items() if k != "resolution"}  # the paper's DAVIS settings (Table 8)
+    from eval_labelprop import PROPAGATION, label_propagation
+    prop = PROPAGATION["davis"]  # the paper's settings (Table 8)
     feats = torch.nn.functional.normalize(torch.randn(n_frames, 30, 55, 384, device=DEVICE), dim=-1)
     labels = torch.rand(30, 55, 3, device=DEVICE)
     label_propagation(feats[:2], labels, **prop)  # warm-up

@@ -64,11 +64,11 @@ from tqdm import tqdm
 from data import image_names, read_frames
 from model import named_model
 
-# Supplement Table 8, per task: the resolution and label_propagation's settings (n_context 20 for all three, as the
-# table says; §11.2's text says one for JHMDB and VIP).
-TABLE8 = dict(n_context=20, temperature=0.7, radius=20)
-TASKS = {"davis": dict(resolution=(480, 880), topk=7, **TABLE8), "jhmdb": dict(resolution=(320, 320), topk=7, **TABLE8),
-         "vip": dict(resolution=(448, 880), topk=10, **TABLE8)}
+# Supplement Table 8, per task: the resolution frames are resized to, and label_propagation's settings (n_context 20
+# for all three, as the table says; §11.2's text says one for JHMDB and VIP).
+RESOLUTION = {"davis": (480, 880), "jhmdb": (320, 320), "vip": (448, 880)}
+PROPAGATION = {task: dict(topk=topk, n_context=20, temperature=0.7, radius=20)
+               for task, topk in [("davis", 7), ("jhmdb", 7), ("vip", 10)]}
 VIP_CLASSES = ["background", "hat", "hair", "sun-glasses", "upper-clothes", "dress", "coat", "socks", "pants", "gloves",
                "scarf", "skirt", "torso-skin", "face", "right-arm", "left-arm", "right-leg", "left-leg", "right-shoe",
                "left-shoe"]
@@ -444,7 +444,7 @@ def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_di
     pools them, and mIoU) or per JHMDB video (the joints 'gt' and 'pred' [T, 15, 2], 'visible' [T, 15], PCK@0.1).
     extract: frames uint8 [T, H, W, 3] -> features [T, h, w, C]; prop: label_propagation's settings over Table 8's."""
     grid, rows = _grid(resolution, patch_size), []
-    prop = {**{k: v for k, v in TASKS[task].items() if k != "resolution"}, **(prop or {})}
+    prop = {**PROPAGATION[task], **(prop or {})}
     for video in videos:
         frames, native = read_video(video, resolution)
         if task == "jhmdb":
@@ -520,7 +520,7 @@ def report_davis(rows, out_dir, horizons=None, label="RVM"):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Label propagation on DAVIS-2017, JHMDB or VIP (supplement §11.2). "
                                 "Settings are written --name=value.")
-    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p.add_argument("--task", required=True, choices=sorted(RESOLUTION))
     p.add_argument("--data", required=True, help="the dataset's folder (layouts: the docstring of this file)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="weights: a train.py checkpoint (.pt) or the authors' .npz")
@@ -545,8 +545,8 @@ def parse_args(argv=None):
     args.sequences = [s for s in args.sequences.split(",") if s] if args.sequences else None
     args.horizons = sorted(int(n) for n in args.horizons.split(",")) if args.long_horizon else None
     for key in ("topk", "temperature", "n_context", "radius"):  # unset: the task's (--topk=0 is an error, not unset)
-        setattr(args, key, TASKS[args.task][key] if getattr(args, key) is None else getattr(args, key))
-    args.resolution = tuple(args.resolution or TASKS[args.task]["resolution"])
+        setattr(args, key, PROPAGATION[args.task][key] if getattr(args, key) is None else getattr(args, key))
+    args.resolution = tuple(args.resolution or RESOLUTION[args.task])
     if args.n_context < 0 or args.topk < 1 or args.temperature <= 0:
         raise ValueError("need --n_context >= 0, --topk >= 1 and --temperature > 0")
     if args.long_horizon and (args.task != "davis" or args.horizons[0] < 3 or args.max_frames):
