@@ -4,6 +4,7 @@ written on the fly."""
 
 import os
 from collections import Counter
+from fractions import Fraction
 
 import av
 import imageio.v3 as iio
@@ -12,12 +13,13 @@ import pytest
 import torch
 
 import data
+from conftest import ROOT
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Clips are tiny here: on a busy shared CPU, torch's intra-op threads only add waiting (DataLoader
-    workers run with one thread anyway)."""
+    """Clips are tiny here: on a busy shared CPU, torch's intra-op threads only add waiting
+    (DataLoader workers run with one thread anyway)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -26,7 +28,8 @@ def one_thread():
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
-    """Index caches of read-only folders go to a temporary folder, never to ~/.cache (or shared data)."""
+    """Index caches of read-only folders go to a temporary folder, never to ~/.cache (or shared
+    data)."""
     path = tmp_path / "rvm_cache"
     monkeypatch.setattr(data, "CACHE_DIR", str(path))
     return path
@@ -48,7 +51,8 @@ def coded_frames(n, video_id=0, size=(32, 32)):
 def block_frames(n, size=64, seed=0):
     """Frames of random 8x8-pixel blocks, all different, that survive lossy coding."""
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, size // 8, size // 8, 3), dtype=np.uint8).repeat(8, 1).repeat(8, 2)
+    blocks = rng.integers(0, 256, (n, size // 8, size // 8, 3), dtype=np.uint8)
+    return blocks.repeat(8, 1).repeat(8, 2)
 
 
 def write_pngs(folder, frames):
@@ -61,9 +65,11 @@ def write_video(path, frames, codec="libx264"):
     iio.imwrite(path, frames, plugin="pyav", codec=codec, fps=25)
 
 
-def write_video_small_gop(path, frames, gop=8):
-    """A video with a keyframe every `gop` frames, so that seeking lands inside it (written with PyAV)."""
-    with av.open(str(path), "w") as container:
+def write_video_small_gop(path, frames, gop=8, faststart=False):
+    """A video with a keyframe every `gop` frames, so that seeking lands inside it (written with
+    PyAV); faststart: its index (frame count) before its frames."""
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", container_options=options) as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.codec_context.gop_size = gop
@@ -72,8 +78,32 @@ def write_video_small_gop(path, frames, gop=8):
         container.mux(stream.encode())
 
 
+def write_variable_rate(path, frames):
+    """A video whose frames are 40 ms apart, but every third 90 ms: a variable frame rate."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        t = 0
+        for i, frame in enumerate(frames):
+            image = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            image.pts, image.time_base = t, Fraction(1, 1000)
+            t += 40 if i % 3 else 90
+            container.mux(stream.encode(image))
+        container.mux(stream.encode())
+
+
+def write_corrupt_halfway(path, frames):
+    """A video whose header and first half are fine, and whose second half is zeros."""
+    write_video_small_gop(path, frames, gop=1)
+    blob = bytearray(open(path, "rb").read())
+    blob[len(blob) // 2:len(blob) // 2 + len(blob) // 8] = bytes(len(blob) // 8)
+    open(path, "wb").write(blob)
+
+
 def frame_ids(ex):
-    """(frame index, video id) of every frame of a coded-frames example, and whether each frame is flat."""
+    """(frame index, video id) of every frame of a coded-frames example, and whether each frame
+    is flat."""
     clip = torch.cat([ex["source"], ex["target"]]).float()
     flat = (clip.amax((2, 3)) == clip.amin((2, 3))).all(1)
     idx = ((clip[:, 0].mean((1, 2)) - 10) / 3).round().long()
@@ -93,24 +123,26 @@ def test_sample_clip_rules():
     for n in [8, 9, 20, 52, 55, 63, 64, 70, 1000]:
         length, seen, starts, unsorted = min(64, n), set(), [], 0
         for _ in range(300):
-            idx, deltas = data.sample_clip(rng, n)
+            idx, deltas = data.sample_clips(rng, n)[0]
             src, tgt = idx[:4], idx[4:]
             gaps = tgt - src[-1]
             assert (np.diff(src) == 1).all(), "source frames are consecutive"
             assert gaps.min() >= 4 and gaps.max() <= min(48, length - 4), (n, gaps)
-            assert (deltas == tgt - src[0]).all() and (deltas == 3 + gaps).all(), "Δ counts from the first source"
-            assert 0 <= idx.min() and idx.max() < n and tgt.max() - src[0] < length, "inside video and window"
+            assert (deltas == tgt - src[0]).all() and (deltas == 3 + gaps).all(), "Δ from source 0"
+            assert 0 <= idx.min() and idx.max() < n, "inside the video"
+            assert tgt.max() - src[0] < length, "inside the window"
             assert deltas.max() < 64, "the decoder's one-hot has 64 slots"
             seen |= set(gaps.tolist())
             starts.append(src[0])
             unsorted += not (np.diff(tgt) >= 0).all()
-        assert seen == set(range(4, min(48, length - 4) + 1)), f"gaps uniform over the whole range (n={n})"
-        assert max(starts) <= n - length and (n < 200 or max(starts) > 0.8 * (n - length)), "start uniform"
+        assert seen == set(range(4, min(48, length - 4) + 1)), f"gaps uniform over all (n={n})"
+        assert max(starts) <= n - length, "start uniform"
+        assert n < 200 or max(starts) > 0.8 * (n - length), "start uniform"
         if n >= 64:
             assert unsorted > 100, "targets are drawn independently, not sorted"
     for n in [0, 5, 7]:
         with pytest.raises(ValueError, match="too short"):
-            data.sample_clip(rng, n)
+            data.sample_clips(rng, n)
 
 
 def test_examples_hold_the_sampled_frames(tmp_path):
@@ -122,9 +154,10 @@ def test_examples_hold_the_sampled_frames(tmp_path):
     for k in range(40):
         ex = ds.example(k)
         assert ex["source"].shape == (4, 3, 16, 16) and ex["target"].shape == (4, 3, 16, 16)
-        assert ex["source"].dtype == torch.uint8 and ex["deltas"].dtype == torch.int64 and ex["index"] == k
+        assert ex["source"].dtype == torch.uint8 and ex["deltas"].dtype == torch.int64
+        assert ex["index"] == k
         idx, vid, flat = frame_ids(ex)
-        assert flat.all() and (vid == vid[0]).all(), "every frame of an example comes from one video"
+        assert flat.all() and (vid == vid[0]).all(), "every frame of an example from one video"
         n = lengths[vid[0]]
         videos[int(vid[0])] += 1
         assert torch.equal(idx, ex["frame_idx"]), "the pixels are the frames the example names"
@@ -148,13 +181,15 @@ def test_random_resized_crop_box():
             assert 0 <= top and top + h <= height and 0 <= left and left + w <= width
             fractions.append(h * w / (height * width))
             if (h, w) != (height, width):  # not the fallback
-                assert 0.3 - 0.02 <= fractions[-1] <= 1.0 and 0.75 - 0.05 <= w / h <= 1.25 + 0.05, (h, w)
+                assert 0.3 - 0.02 <= fractions[-1] <= 1.0, (h, w)
+                assert 0.75 - 0.05 <= w / h <= 1.25 + 0.05, (h, w)
         if largest:
             assert min(fractions) < 0.32 and largest - 0.05 < max(fractions) <= largest + 0.01
-    # too elongated for any try: torchvision's fallback, the centred box at the nearest allowed ratio
+    # too elongated for any try: torchvision's fallback, the centred box at the nearest ratio
     assert data.random_resized_crop_box(rng, 10, 200) == (0, 94, 10, 12)
     assert data.random_resized_crop_box(rng, 200, 10) == (93, 0, 13, 10)
-    assert data.random_resized_crop_box(rng, 50, 60, scale=(1, 1), ratio=(1.2, 1.2)) == (0, 0, 50, 60)
+    box = data.random_resized_crop_box(rng, 50, 60, scale=(1, 1), ratio=(1.2, 1.2))
+    assert box == (0, 0, 50, 60)
 
 
 def test_flip_whole_clip_and_one_crop_box(tmp_path):
@@ -180,21 +215,46 @@ def test_flip_whole_clip_and_one_crop_box(tmp_path):
     per_frame = clips(per_frame_crop=True)
     assert sum(not (clip == clip[0]).all() for clip in per_frame) >= 55, "a box per frame"
     for clip in per_frame:
-        assert len({flipped(f) for f in clip}) == 1, "the flip stays whole-clip with per-frame crops"
+        assert len({flipped(f) for f in clip}) == 1, "the flip stays whole-clip, boxes per frame"
     assert not any(flipped(clip[0]) for clip in clips(flip_p=0.0))
     assert all(flipped(clip[0]) for clip in clips(flip_p=1.0))
 
 
-# ---------------------------------------------------------------------------- decoding only what is needed
+def test_the_uint8_resize_is_the_same_crop_of_the_same_frames():
+    """augment resizes uint8 frames in fixed point; the clip is the one the float path (bicubic,
+    antialiased, rounded once) made from the same draws, within a grey level or two."""
+    y, x = np.mgrid[0:120, 0:200]
+    smooth = 128 + 60 * np.sin(x / 9.0)[None] * np.cos(y / 13.0 + np.arange(6)[:, None, None])
+    frames = np.stack([smooth, smooth[:, ::-1], 255 - smooth], 1).clip(0, 255).astype(np.uint8)
+    clip = torch.from_numpy(frames)  # [T, 3, H, W]
+    for seed in range(20):
+        for size in (32, 96, 160):  # shrinking and enlarging
+            rng = np.random.default_rng(seed)
+            flip = rng.random() < 0.5
+            top, left, h, w = data.random_resized_crop_box(rng, 120, 200)
+            crop = clip[:, :, top:top + h, left:left + w].float()
+            expected = torch.nn.functional.interpolate(crop, size=(size, size), mode="bicubic",
+                                                       antialias=True).round().clamp(0, 255)
+            if flip:
+                expected = expected.flip(-1)
+            got = data.augment(clip, np.random.default_rng(seed), size)
+            assert got.dtype == torch.uint8 and got.shape == (6, 3, size, size)
+            diff = (got.float() - expected).abs()
+            assert diff.max() <= 2 and diff.mean() < 0.3, (seed, size, diff.max(), diff.mean())
+
+
+# -------------------------------------------------------------------- decoding only what is needed
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    """The same 70 different frames as mp4, small-GOP mp4 (seeks land inside), mkv, webm, avi, mov, gif."""
+    """The same 70 different frames as mp4, small-GOP mp4 (seeks land inside), mkv, webm, avi, mov,
+    gif, and keyframes only (every frame decodes on its own)."""
     folder = tmp_path_factory.mktemp("videos")
     frames = block_frames(70)
     paths = {}
-    for name, codec in [("a.mp4", "libx264"), ("b.mkv", "libx264"), ("c.webm", "libvpx-vp9"), ("d.avi", "mpeg4"),
+    for name, codec in [("a.mp4", "libx264"), ("b.mkv", "libx264"), ("c.webm", "libvpx-vp9"),
+                        ("d.avi", "mpeg4"),
                         ("e.mov", "libx264")]:
         paths[name] = str(folder / name)
         write_video(paths[name], frames, codec)
@@ -202,10 +262,13 @@ def videos(tmp_path_factory):
     iio.imwrite(paths["f.gif"], frames)
     paths["g_gop8.mp4"] = str(folder / "g_gop8.mp4")
     write_video_small_gop(paths["g_gop8.mp4"], frames)
+    paths["h_keyframes.mp4"] = str(folder / "h_keyframes.mp4")  # as data.py prepares videos
+    write_video_small_gop(paths["h_keyframes.mp4"], frames, gop=1)
     return frames, paths
 
 
-WINDOWS = [[0, 1, 2, 3, 7, 30, 51, 12], [18, 19, 20, 21, 25, 69, 40, 25], [60, 61, 62, 63, 67, 69, 65, 66],
+WINDOWS = [[0, 1, 2, 3, 7, 30, 51, 12], [18, 19, 20, 21, 25, 69, 40, 25],
+           [60, 61, 62, 63, 67, 69, 65, 66],
            [40, 41, 42, 43, 47, 50, 44, 45]]
 
 
@@ -221,7 +284,7 @@ def test_needed_frames_equal_full_decode(videos):
         assert own.max() < 30 and before.min() > 60 and after.min() > 60, name
         for idx in WINDOWS:
             assert np.array_equal(data.read_frames(path, idx), full[idx]), (name, idx)
-            if not name.endswith(".gif"):  # gif frames build on the previous one: always decoded in order
+            if not name.endswith(".gif"):  # gif frames build on the one before: decoded in order
                 # the fast path (timestamps, seeking, dropped frames) is the one that answered
                 got = data._decode(path, sorted(set(idx)), by_pts=True)
                 assert all(np.array_equal(got[i], full[i]) for i in idx), (name, idx)
@@ -233,7 +296,8 @@ def test_truncated_video_reads_what_it_has(videos, tmp_path):
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(blob[: len(blob) // 2])
     full = iio.imread(paths["b.mkv"], plugin="pyav")
-    assert np.array_equal(data.read_frames(str(cut), [0, 1, 2, 3, 7, 5, 9, 8]), full[[0, 1, 2, 3, 7, 5, 9, 8]])
+    idx = [0, 1, 2, 3, 7, 5, 9, 8]
+    assert np.array_equal(data.read_frames(str(cut), idx), full[idx])
     with pytest.raises(ValueError, match="cut.mkv.*frame 69"):
         data.read_frames(str(cut), [0, 1, 2, 3, 7, 5, 9, 69])
     # not a video at all, or nothing in it: one ValueError naming the file
@@ -255,10 +319,11 @@ def test_frame_folders_are_read_in_frame_order_and_bad_images_named(tmp_path):
     (tmp_path / "clip" / "frame_5.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(ValueError, match="frame_5.png: not a readable image"):
         data.read_frames(tmp_path / "clip")
-    assert np.array_equal(data.read_frames(tmp_path / "clip", [4, 6]), frames[[4, 6]]), "other files not opened"
+    got = data.read_frames(tmp_path / "clip", [4, 6])
+    assert np.array_equal(got, frames[[4, 6]]), "other files not opened"
 
 
-# ---------------------------------------------------------------------------- the index and its cache
+# ------------------------------------------------------------------------ the index and its cache
 
 
 def test_frame_counts_are_indexed_once_and_cached(tmp_path, cache_dir):
@@ -268,11 +333,12 @@ def test_frame_counts_are_indexed_once_and_cached(tmp_path, cache_dir):
     write_pngs(tmp_path / "frames", coded_frames(15))
 
     def listing(folder):
-        return sorted((os.path.relpath(p, folder), n) for p, n in data.ClipDataset(str(folder)).sources[0]["videos"])
+        videos = data.ClipDataset(str(folder)).corpora[0]["videos"]
+        return sorted((os.path.relpath(p, folder), n) for p, n in videos)
 
     assert listing(tmp_path) == [("a.mp4", 20), ("frames", 15), (os.path.join("sub", "b.webm"), 25)]
     assert (tmp_path / data.INDEX_NAME).exists()
-    # A restart trusts the index for every file whose size and mtime are unchanged: b.webm, its bytes
+    # A restart trusts the index for every file whose size and mtime are unchanged: b.webm, its
     # garbled in place, still counts 25 frames (it was not opened again) ...
     st = os.stat(tmp_path / "sub" / "b.webm")
     with open(tmp_path / "sub" / "b.webm", "r+b") as f:
@@ -288,9 +354,11 @@ def test_frame_counts_are_indexed_once_and_cached(tmp_path, cache_dir):
     os.chmod(ro, 0o555)
     try:
         assert listing(ro) == [("a.mp4", 20)]
-        assert not (ro / data.INDEX_NAME).exists() and len(list(cache_dir.glob("index-*.json"))) == 1
+        assert not (ro / data.INDEX_NAME).exists()
+        assert len(list(cache_dir.glob("index-*.json"))) == 1
         index = next(cache_dir.glob("index-*.json"))
-        index.write_text(index.read_text().replace("20, null", "21, null"))  # a planted count shows it was read
+        # a planted count shows that it was read
+        index.write_text(index.read_text().replace("20, null", "21, null"))
         assert listing(ro) == [("a.mp4", 21)]
     finally:
         os.chmod(ro, 0o755)
@@ -300,22 +368,24 @@ def test_davis_frame_folders(davis):
     folder = davis / "davis2017-mini" / "JPEGImages" / "480p"
     before = sorted(os.listdir(folder))
     ds = data.ClipDataset(str(folder), image_size=32)
-    assert len(ds.sources[0]["videos"]) == len(before) and ds.n_skipped == 0
+    assert len(ds.corpora[0]["videos"]) == len(before) and ds.n_skipped == 0
     ex = ds.example(0)
     assert ex["source"].shape == (4, 3, 32, 32) and ex["target"].shape == (4, 3, 32, 32)
     assert ex["source"].float().std() > 5, "real pixels, not a blank frame"
-    assert sorted(os.listdir(folder)) == before, "nothing is written into the (read-only) data folder"
+    assert sorted(os.listdir(folder)) == before, "nothing written into the (read-only) folder"
 
 
 def test_jpeg_frames_decode_at_a_reduced_size_no_smaller_than_asked(tmp_path):
-    """min_side: JPEGs come out of the decoder's own 1/2, 1/4 or 1/8 scaling, each side still >= min_side, close to
-    the whole frame averaged down; PNGs are read whole."""
-    frame = np.random.default_rng(3).integers(0, 256, (6, 8, 3), dtype=np.uint8).repeat(80, 0).repeat(80, 1)
+    """min_side: JPEGs come out of the decoder's own 1/2, 1/4 or 1/8 scaling, each side still
+    >= min_side, close to the whole frame averaged down; PNGs are read whole."""
+    frame = np.random.default_rng(3).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    frame = frame.repeat(80, 0).repeat(80, 1)
     os.makedirs(tmp_path / "jpg")
     iio.imwrite(tmp_path / "jpg" / "00000.jpg", frame, quality=95)
     whole = data.read_frames(tmp_path / "jpg", [0])[0]
     assert whole.shape == (480, 640, 3)
-    for min_side, shape in [(100, (120, 160)), (240, (240, 320)), (241, (480, 640)), (60, (60, 80))]:
+    for min_side, shape in [(100, (120, 160)), (240, (240, 320)), (241, (480, 640)),
+                            (60, (60, 80))]:
         small = data.read_frames(tmp_path / "jpg", [0], min_side=min_side)[0]
         assert small.shape == (*shape, 3), min_side
         k = 480 // shape[0]
@@ -335,7 +405,8 @@ def test_to_rgb_conversions():
         assert rgb.shape == (3, 4, 3) and rgb.dtype == np.uint8 and (rgb == gray[:, :, None]).all()
     rgba = np.random.default_rng(0).integers(0, 256, (3, 4, 4), dtype=np.uint8)
     assert np.array_equal(data.to_rgb(rgba), rgba[:, :, :3])
-    assert np.array_equal(data.to_rgb((gray.astype(np.uint16) << 8) + 255), np.repeat(gray[:, :, None], 3, 2))
+    sixteen = (gray.astype(np.uint16) << 8) + 255
+    assert np.array_equal(data.to_rgb(sixteen), np.repeat(gray[:, :, None], 3, 2))
     with pytest.raises(ValueError):
         data.to_rgb(np.zeros((3, 4, 3), np.float32))
     with pytest.raises(ValueError):
@@ -345,13 +416,15 @@ def test_to_rgb_conversions():
 def test_bad_files_are_skipped_or_converted_and_counted(tmp_path, capsys):
     write_video(str(tmp_path / "good1.mp4"), coded_frames(20, 0))
     write_video(str(tmp_path / "good2.mkv"), coded_frames(20, 1))
-    (tmp_path / "corrupt.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
+    noise = np.random.default_rng(0).integers(0, 256, 5000, np.uint8)
+    (tmp_path / "corrupt.mp4").write_bytes(noise.tobytes())
     (tmp_path / "empty.webm").write_bytes(b"")
     (tmp_path / "notes.avi").write_text("not a video at all\n")
     (tmp_path / "readme.txt").write_text("ignored: not a video extension\n")
     write_video(str(tmp_path / "short.mp4"), coded_frames(5, 2))
     y, x = np.mgrid[0:37, 0:51]
-    write_pngs(tmp_path / "gray", [((x + y + 5 * i) % 256).astype(np.uint8) for i in range(16)])  # odd size, 2-D
+    gray = [((x + y + 5 * i) % 256).astype(np.uint8) for i in range(16)]  # odd size, 2-D
+    write_pngs(tmp_path / "gray", gray)
     rgba = np.zeros((16, 32, 32, 4), np.uint8)
     rgba[..., :3] = (200, 50, 100)
     rgba[..., 3] = np.random.default_rng(1).integers(0, 256, (16, 32, 32))
@@ -361,14 +434,14 @@ def test_bad_files_are_skipped_or_converted_and_counted(tmp_path, capsys):
     assert ds.skipped == Counter(unreadable=3, too_short=1) and ds.n_skipped == 4
     err = capsys.readouterr().err
     for name in ["corrupt.mp4", "empty.webm", "notes.avi", "short.mp4"]:
-        assert sum(name in line for line in err.splitlines()) == 1, f"one warning line naming {name}"
+        assert sum(name in line for line in err.splitlines()) == 1, f"one line naming {name}"
     assert "readme.txt" not in err
-    assert len(ds.sources[0]["videos"]) == 4
+    assert len(ds.corpora[0]["videos"]) == 4
 
     kinds = Counter()
     for k in range(60):
         clip = torch.cat([(ex := ds.example(k))["source"], ex["target"]])
-        assert clip.shape == (8, 3, 16, 16) and ex["skipped"] == 0
+        assert clip.shape == (8, 3, 16, 16) and not ex["skipped"].any()
         if (clip[:, 0] == clip[:, 1]).all() and (clip[:, 1] == clip[:, 2]).all():
             kinds["gray"] += 1
         elif (clip[:, 0] == 200).all() and (clip[:, 1] == 50).all() and (clip[:, 2] == 100).all():
@@ -409,20 +482,45 @@ def test_video_failing_during_training_is_skipped_deterministically(tmp_path, ca
     write_video(str(tmp_path / "a.mp4"), block_frames(70, 32))
     write_pngs(tmp_path / "b", coded_frames(70, 1))
     ds = data.ClipDataset(str(tmp_path), image_size=16)
-    write_video(str(tmp_path / "a.mp4"), block_frames(10, 32))  # now it ends early: the index still says 70
+    write_video(str(tmp_path / "a.mp4"), block_frames(10, 32))  # ends early: the index says 70
     capsys.readouterr()
     examples = [ds.example(k) for k in range(30)]
-    assert ds.skipped["decode"] > 0 and sum(int(ex["skipped"]) for ex in examples) == ds.skipped["decode"]
+    assert ds.skipped["ends_early"] > 0 and set(ds.skipped) == {"ends_early"}
+    counts = sum(ex["skipped"] for ex in examples)
+    assert counts[data.SKIPS.index("ends_early")] == ds.skipped["ends_early"] == counts.sum()
     err = capsys.readouterr().err
     assert sum("a.mp4" in line for line in err.splitlines()) == 1, "one warning line for the file"
     for ex in examples:
-        if ex["skipped"]:
+        if ex["skipped"].any():
             idx, vid, flat = frame_ids(ex)
-            assert flat.all() and (vid == 1).all() and torch.equal(idx, ex["frame_idx"]), "the retry is clean"
-    assert all(same(ex, ds.example(k)) for k, ex in enumerate(examples)), "skips do not break determinism"
+            assert flat.all() and (vid == 1).all(), "the retry is clean"
+            assert torch.equal(idx, ex["frame_idx"])
+    assert all(same(ex, ds.example(k)) for k, ex in enumerate(examples)), "still deterministic"
 
 
-# ---------------------------------------------------------------------------- determinism, resuming, the loader
+def test_bad_videos_are_skipped_with_their_reason(tmp_path, capsys):
+    """A variable frame rate, a file corrupt halfway, a video ending before its header's count:
+    one warning each, passed over by training, counted by reason."""
+    frames = block_frames(80, 32)
+    write_variable_rate(tmp_path / "vfr.mp4", frames)
+    write_corrupt_halfway(str(tmp_path / "corrupt.mp4"), frames)
+    write_pngs(tmp_path / "good", coded_frames(80, 1))
+    write_video(str(tmp_path / "ends.mp4"), frames)
+    ds = data.ClipDataset(str(tmp_path), image_size=16)
+    write_video(str(tmp_path / "ends.mp4"), frames[:8])  # the index still says 80
+    capsys.readouterr()
+    examples = [ds.example(k) for k in range(60)]  # (the corrupt file's first half is fine)
+    assert all(ex["target"].shape == (4, 3, 16, 16) for ex in examples)
+    for reason in ("variable_rate", "corrupt", "ends_early"):
+        assert ds.skipped[reason] > 0, reason
+    assert sum(ex["skipped"] for ex in examples).tolist() == [ds.skipped[r] for r in data.SKIPS]
+    err = capsys.readouterr().err.splitlines()
+    for name, reason in [("vfr.mp4", "variable"), ("corrupt.mp4", "corrupt"), ("ends.mp4", "ends")]:
+        lines = [line for line in err if name in line]
+        assert len(lines) == 1 and reason in lines[0], (name, lines)
+
+
+# ------------------------------------------------------------ determinism, resuming, the loader
 
 
 @pytest.fixture(scope="module")
@@ -441,7 +539,8 @@ def test_same_seed_same_stream_other_stream_id_other_stream(noise_folder):
     base = stream()
     assert all(same(a, b) for a, b in zip(base, stream(), strict=True))
     for other in [stream(stream=1), stream(seed=1)]:
-        assert all(not torch.equal(a["source"], b["source"]) for a, b in zip(base, other, strict=True))
+        assert all(not torch.equal(a["source"], b["source"])
+                   for a, b in zip(base, other, strict=True))
     assert len({ex["source"].float().sum().item() for ex in base}) == 6
     resumed = iter(data.ClipDataset(noise_folder, image_size=16, start=3))
     assert all(same(next(resumed), ex) for ex in base[3:]), "start=k resumes the stream exactly"
@@ -462,10 +561,62 @@ def test_loader_batches_identical_for_any_worker_count_and_resume(noise_folder):
     ds = data.ClipDataset(noise_folder, image_size=16)
     assert same(base[1], {k: torch.stack([ds.example(i)[k] for i in range(3, 6)]) for k in base[1]})
     for n_workers in (1, 2):
-        assert all(same(a, b) for a, b in zip(base, batches(n_workers), strict=True)), f"{n_workers} workers"
+        again = batches(n_workers)
+        assert all(same(a, b) for a, b in zip(base, again, strict=True)), f"{n_workers} workers"
     resumed = batches(2, start=4, n=1)[0]
     assert torch.equal(resumed["index"], torch.tensor([4, 5, 6]))
     assert same(resumed, {k: torch.stack([ds.example(i)[k] for i in range(4, 7)]) for k in resumed})
+
+
+def test_repeated_sampling(tmp_path, monkeypatch):
+    """R examples in a row share one window of one video, decoded once; each has its own start,
+    gaps, flip and crop; example k stays a function of (seed, stream, k) alone, so any worker
+    count and any resume point give the same batches."""
+    for v in range(3):
+        # frame i has R = 10 + 3i: 80 frames fit uint8
+        write_pngs(tmp_path / "videos" / f"v{v}", coded_frames(70 + 5 * v, v))
+    ds = data.ClipDataset(str(tmp_path / "videos"), image_size=16, repeated_sampling=4)
+    reads = []
+    read = data.read_frames
+    monkeypatch.setattr(data, "read_frames", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    examples = [ds.example(k) for k in range(40)]
+    assert len(reads) == 10, "one decode per group of 4"
+    starts, gaps = set(), set()
+    for g in range(10):
+        group = examples[4 * g:4 * g + 4]
+        ids = [frame_ids(ex) for ex in group]
+        assert all(flat.all() and (vid == ids[0][1][0]).all() for _, vid, flat in ids), "one video"
+        idx = torch.stack([i for i, _, _ in ids])
+        assert idx.max() - idx.min() < 64, "one 64-frame window"
+        for ex, i in zip(group, idx, strict=True):
+            assert torch.equal(i, ex["frame_idx"]) and torch.equal(i[:4], i[0] + torch.arange(4))
+            assert 4 <= (i[4:] - i[3]).min() and (i[4:] - i[3]).max() <= 48
+            assert torch.equal(ex["deltas"], i[4:] - i[0])
+        starts.add(len(set(idx[:, 0].tolist())))
+        gaps.add(len({tuple(i[4:].tolist()) for i in idx}))
+    assert max(starts) > 1 and max(gaps) == 4, "each its own start and gaps"
+    y, x = np.mgrid[0:48, 0:64]  # a ramp: another crop or flip, other pixels
+    ramp = np.stack([x * 4, y * 5, np.zeros_like(x)], -1).astype(np.uint8)
+    write_pngs(tmp_path / "ramp" / "r", np.repeat(ramp[None], 70, 0))
+    ramps = data.ClipDataset(str(tmp_path / "ramp"), image_size=16, repeated_sampling=4)
+    crops = {ramps.example(k)["source"][0].numpy().tobytes() for k in range(4)}
+    assert len(crops) == 4, "each its own crop"
+    shuffled = data.ClipDataset(str(tmp_path / "videos"), image_size=16, repeated_sampling=4)
+    for k in [13, 2, 39, 0, 14, 12]:
+        assert same(shuffled.example(k), examples[k]), k
+
+    def batches(n_workers, start, n):
+        dataset = data.ClipDataset(str(tmp_path / "videos"), image_size=16, repeated_sampling=4,
+                                   start=start)
+        it = iter(data.make_loader(dataset, batch_size=3, num_workers=n_workers))
+        return [next(it) for _ in range(n)]
+
+    for n_workers, start in [(0, 0), (2, 0), (2, 5)]:
+        for b, batch in enumerate(batches(n_workers, start, 3)):
+            first = start + 3 * b
+            expected = {k: torch.stack([examples[i][k] for i in range(first, first + 3)])
+                        for k in batch}
+            assert same(batch, expected), (n_workers, start, b)
 
 
 def test_mixture_follows_the_weights(tmp_path):
@@ -475,12 +626,12 @@ def test_mixture_follows_the_weights(tmp_path):
     from_a = sum(int(frame_ids(ds.example(k))[1][0]) == 0 for k in range(300))
     assert 0.72 <= from_a / 300 <= 0.88, from_a
     mixed = data.ClipDataset([(str(tmp_path / "a"), 1), ("noise_square", 1)], image_size=8)
-    assert "source_mask" not in mixed.example(0), "masks only when every source has them"
+    assert "source_mask" not in mixed.example(0), "masks only when every corpus has them"
     batch = next(iter(data.make_loader(mixed, 4)))
     assert batch["target"].shape == (4, 4, 3, 8, 8)
 
 
-# ---------------------------------------------------------------------------- the white-noise square
+# ------------------------------------------------------------------------ the white-noise square
 
 
 def ks(a, b):
@@ -515,17 +666,20 @@ def test_noise_square_is_invisible_in_a_single_frame():
     for t in [0, 17, 63]:
         inside, outside = video[t][:, masks[t]], video[t][:, ~masks[t]]
         assert abs(inside.mean() - outside.mean()) < 1.0 and abs(inside.std() - outside.std()) < 1.0
-        assert abs(outside.mean() - 127.5) < 1.0 and abs(outside.std() - 73.9) < 1.0, "uniform noise"
+        assert abs(outside.mean() - 127.5) < 1.0, "uniform noise"
+        assert abs(outside.std() - 73.9) < 1.0, "uniform noise"
         assert ks(inside, outside) < 0.01, "same histogram inside and outside the square"
         assert ks(inside // 2 + 64, outside) > 0.1, "(the check can tell a visible square)"
 
 
 def test_noise_square_options():
     video, masks = data.noise_square_video(size=512, direction="left")
-    assert masks[10, 256, 256 - 10 * 256 // 64 + 255] and not masks[10, 256, 256 - 10 * 256 // 64 + 256]
+    x = 256 - 10 * 256 // 64
+    assert masks[10, 256, x + 255] and not masks[10, 256, x + 256]
     assert masks[0, 128:384, 256:512].all() and masks[63, 128:384, 4:260].all()
 
-    video, masks = data.noise_square_video(n_frames=30, size=64, square_size=16, speed=3, direction="down", seed=2)
+    video, masks = data.noise_square_video(n_frames=30, size=64, square_size=16, speed=3,
+                                           direction="down", seed=2)
     for t in range(30):
         y = 3 * t
         expected = np.zeros((64, 64), bool)
@@ -552,7 +706,7 @@ def test_noise_square_training_source():
         for f, t in enumerate(ex["frame_idx"].tolist()):
             x = t * 16 // 64  # the authors' formula at 32 px
             assert mask[f, 8:24, x : x + 16].all() and mask[f].sum() == 256, (k, t)
-    assert not torch.equal(ds.example(0)["source"], ds.example(1)["source"]), "a fresh video per example"
+    assert not torch.equal(ds.example(0)["source"], ds.example(1)["source"]), "a fresh video"
 
     ds = data.ClipDataset("noise_square:square=6-10,speed=0.2-0.8,direction=left|up", image_size=64)
     sides, directions = set(), Counter()
@@ -562,7 +716,8 @@ def test_noise_square_training_source():
         t = ex["frame_idx"]
         rows, cols = mask[0].any(1).nonzero()[:, 0], mask[0].any(0).nonzero()[:, 0]
         side = len(rows)
-        assert len(cols) == side and 6 <= side <= 10 and (mask.sum((1, 2)) == side * side).all(), "inside the frame"
+        assert len(cols) == side and 6 <= side <= 10
+        assert (mask.sum((1, 2)) == side * side).all(), "inside the frame"
         sides.add(side)
         j = int(t.argmax())
         r, c = mask[j].any(1).nonzero()[0, 0], mask[j].any(0).nonzero()[0, 0]
@@ -572,3 +727,74 @@ def test_noise_square_training_source():
         speed = -(dx + dy) / int(t[j])
         assert 0.2 - 1 / int(t[j]) <= speed <= 0.8 + 1 / int(t[j]), speed
     assert len(sides) >= 4 and directions["up"] and directions["left"]
+
+
+# ---------------------------------------------------------------------------- prepared data
+
+
+def test_prepare_writes_keyframes_only_keeps_the_layout_and_resumes(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    frames = block_frames(40, 96)[:, :64]  # 64 x 96
+    os.makedirs(src / "a")
+    write_video(str(src / "a" / "clip.mkv"), frames)
+    write_pngs(src / "b" / "seq", frames[:30])
+    os.makedirs(src / "c")
+    write_variable_rate(src / "c" / "vfr.mp4", frames)
+    write_corrupt_halfway(str(src / "c" / "corrupt.mp4"), frames)
+    write_video_small_gop(src / "c" / "ends.mp4", frames, faststart=True)
+    with av.open(str(src / "c" / "ends.mp4")) as container:
+        cut = [p.pos for p in container.demux(video=0) if p.size][25]
+    with open(src / "c" / "ends.mp4", "r+b") as f:  # cut after 25 frames; its index says 40
+        f.truncate(cut)
+    (src / "c" / "text.mp4").write_text("not a video\n")
+
+    done, skipped = data.prepare(src, dst, short_side=32, workers=2)
+    assert done == 2 and sorted(os.listdir(dst)) == ["a", "b", "c"] and not os.listdir(dst / "c")
+    reasons = {os.path.basename(path): why for path, why in skipped}
+    assert sorted(reasons) == ["corrupt.mp4", "ends.mp4", "text.mp4", "vfr.mp4"]
+    assert "variable frame rate" in reasons["vfr.mp4"] and "ends" in reasons["ends.mp4"]
+    for out, original in [(dst / "a" / "clip.mp4", frames), (dst / "b" / "seq.mp4", frames[:30])]:
+        got = data.read_frames(out)
+        assert got.shape == (len(original), 32, 48, 3)
+        expected = original.reshape(-1, 32, 2, 48, 2, 3).mean((2, 4))  # blocks survive halving
+        own = np.abs(got - expected).mean((1, 2, 3))
+        other = np.abs(got[1:] - expected[:-1]).mean((1, 2, 3))
+        assert own.max() < 25 and other.min() > 50, (out, own.max(), other.min())
+        with av.open(str(out)) as container:
+            packets = [p for p in container.demux(video=0) if p.size]
+            assert len(packets) == len(original) and all(p.is_keyframe for p in packets)
+        assert np.array_equal(data.read_frames(out, [29, 3, 17]), got[[29, 3, 17]])
+    ds = data.ClipDataset(str(dst), image_size=16)  # train.py's data= takes it as it is
+    assert len(ds.corpora[0]["videos"]) == 2 and ds.example(0)["source"].shape == (4, 3, 16, 16)
+
+    stamps = {p: os.stat(p).st_mtime_ns for p in dst.rglob("*.mp4")}
+    assert data.prepare(src, dst, short_side=32)[0] == 2
+    assert {p: os.stat(p).st_mtime_ns for p in dst.rglob("*.mp4")} == stamps, "nothing rewritten"
+    os.remove(dst / "a" / "clip.mp4")  # a run stopped while writing it: only the hidden copy left
+    (dst / "a" / ".clip.mp4.partial").write_bytes(b"half")
+    assert data.prepare(src, dst, short_side=32)[0] == 2
+    assert sorted(os.listdir(dst / "a")) == ["clip.mp4"]
+    assert len(data.read_frames(dst / "a" / "clip.mp4")) == 40
+
+    for bad in (src, src / "a"):
+        with pytest.raises(ValueError, match="inside"):
+            data.prepare(src, bad)
+
+
+@pytest.mark.slow
+def test_prepare_command_line(tmp_path):
+    import subprocess
+    import sys
+    os.makedirs(tmp_path / "src")
+    write_video(str(tmp_path / "src" / "a.mp4"), block_frames(20, 32))
+    (tmp_path / "src" / "b.mp4").write_text("not a video\n")
+    command = [sys.executable, "data.py", f"--src={tmp_path / 'src'}", f"--dst={tmp_path / 'dst'}"]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "b.mp4" in out.stdout and (tmp_path / "dst" / "a.mp4").exists()
+    command[-1] = f"--dst={tmp_path / 'src' / 'inside'}"
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "inside" in out.stderr
+    os.remove(tmp_path / "src" / "a.mp4")
+    command[-1] = f"--dst={tmp_path / 'dst2'}"
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1, "nothing could be prepared"
