@@ -50,7 +50,6 @@ import argparse
 import csv
 import math
 import os
-import sys
 from collections import deque
 from pathlib import Path
 
@@ -62,7 +61,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data import image_names, read_frames
-from model import named_model
+from model import MAX_TOKENS, RVMConfig, named_model, run_script
 
 # Supplement Table 8, per task: the resolution frames are resized to, and label_propagation's settings (n_context 20
 # for all three, as the table says; §11.2's text says one for JHMDB and VIP).
@@ -96,7 +95,7 @@ def _pick(names, sequences, source):
 
 
 def _read_masked(root, dataset, list_file, frames_dir, masks_dir, sequences):
-    """DAVIS or VIP: per listed video {'name', 'frame_dir', 'n' (frames), 'masks' (png paths)}, its frames and
+    """DAVIS or VIP: per listed video {'name', 'frame_dir', 'n' (frames), 'mask_paths' (pngs)}, its frames and
     masks checked for the same count, names and sizes, and the masks' mode."""
     _require(root, f"{dataset} folder")
     list_path = os.path.join(root, list_file)
@@ -109,13 +108,13 @@ def _read_masked(root, dataset, list_file, frames_dir, masks_dir, sequences):
         _require(frame_dir, f"frames of {name!r} (listed in {list_path})")
         _require(mask_dir, f"labels of {name!r} (listed in {list_path})")
         frames = [os.path.join(frame_dir, n) for n in image_names(frame_dir)]
-        masks = [os.path.join(mask_dir, n) for n in image_names(mask_dir)]
+        mask_paths = [os.path.join(mask_dir, n) for n in image_names(mask_dir)]
         if not frames:
             raise ValueError(f"no frames in {frame_dir}")
-        if len(frames) != len(masks):
-            raise ValueError(f"{len(frames)} frames in {frame_dir} but {len(masks)} masks in {mask_dir}: "
+        if len(frames) != len(mask_paths):
+            raise ValueError(f"{len(frames)} frames in {frame_dir} but {len(mask_paths)} masks in {mask_dir}: "
                              "scoring needs a ground-truth mask for every frame")
-        for frame, mask in zip(frames, masks, strict=True):
+        for frame, mask in zip(frames, mask_paths, strict=True):
             if Path(frame).stem != Path(mask).stem:
                 raise ValueError(f"frame {frame} has no mask of its name in {mask_dir}")
             with Image.open(mask) as m, Image.open(frame) as im:
@@ -125,17 +124,17 @@ def _read_masked(root, dataset, list_file, frames_dir, masks_dir, sequences):
                 if m.size != im.size:
                     raise ValueError(f"mask {mask} is {m.size[0]}x{m.size[1]} but frame {frame} is "
                                      f"{im.size[0]}x{im.size[1]}")
-        videos.append(dict(name=name, frame_dir=frame_dir, n=len(frames), masks=masks))
+        videos.append(dict(name=name, frame_dir=frame_dir, n=len(frames), mask_paths=mask_paths))
     return videos
 
 
 def read_davis(root, sequences=None):
-    """DAVIS-2017 val: per sequence {'name', 'frame_dir', 'n' (frames), 'masks' (palette png paths)}."""
+    """DAVIS-2017 val: per sequence {'name', 'frame_dir', 'n' (frames), 'mask_paths' (palette pngs)}."""
     videos = _read_masked(root, "DAVIS", "ImageSets/2017/val.txt", "JPEGImages/480p", "Annotations/480p", sequences)
     for v in videos:
-        first = read_mask(v["masks"][0])
+        first = read_mask(v["mask_paths"][0])
         if not ((first > 0) & (first < 255)).any():
-            raise ValueError(f"first-frame annotation {v['masks'][0]} has no object to propagate")
+            raise ValueError(f"first-frame annotation {v['mask_paths'][0]} has no object to propagate")
     return videos
 
 
@@ -197,7 +196,7 @@ def model_features(model, frames, per_frame=False, device="cpu"):
     """frames uint8 [T, H, W, 3] -> L2-normalised patch features [T, h, w, C] on the CPU, the model streamed
     over the video a frame at a time (o_t; per_frame: the encoder's ê_t, no recurrence)."""
     video = (torch.from_numpy(f).to(device).permute(2, 0, 1) / 255 for f in frames)
-    return F.normalize(model.video_features(video, per_frame), dim=-1).cpu()
+    return F.normalize(model.stream_features(video, per_frame), dim=-1).cpu()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,7 +436,7 @@ def _save_masks(folder, names, preds, palette=None):
         im.save(os.path.join(folder, os.path.basename(name)))
 
 
-def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_dir=None, save_masks=False,
+def propagate_and_score(task, videos, extract, resolution, patch_size=RVMConfig.patch_size, prop=None, out_dir=None, save_masks=False,
              say=tqdm.write):
     """Steps 1-5, video by video: a row per DAVIS object (its J and F of frames 1..T-1, 'j' and 'f'; the last frame
     is dropped when means are taken), per VIP video (its confusion matrix over all frames, 'hist', as the notebook
@@ -450,7 +449,7 @@ def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_di
         if task == "jhmdb":
             labels = pose_to_labels(video["joints"][0], grid, native)
         else:
-            gt = np.stack([read_mask(m) for m in video["masks"]])
+            gt = np.stack([read_mask(m) for m in video["mask_paths"]])
             if task == "davis":
                 gt[gt == 255] = 0  # the toolkit reads void as background
             values = [v for v in np.unique(gt[0]) if task == "davis" or v < len(VIP_CLASSES)]  # VIP's 255: no channel
@@ -467,9 +466,9 @@ def evaluate(task, videos, extract, resolution, patch_size=16, prop=None, out_di
             continue
         pred = np.stack([labels_to_mask(s, values, resolution, gt.shape[1:]) for s in soft])
         if save_masks and out_dir:
-            with Image.open(video["masks"][0]) as im:
+            with Image.open(video["mask_paths"][0]) as im:
                 palette = im.getpalette() if task == "davis" else None
-            _save_masks(os.path.join(out_dir, "masks", video["name"]), video["masks"], pred, palette)
+            _save_masks(os.path.join(out_dir, "masks", video["name"]), video["mask_paths"], pred, palette)
         if task == "vip":
             hist = sum(confusion(g, p, len(VIP_CLASSES)) for g, p in zip(gt, pred, strict=True))
             rows.append(dict(video=video["name"], n_frames=len(gt), hist=hist, miou=miou(hist)[0]))
@@ -566,7 +565,7 @@ def load_videos(args):
     if not videos:
         raise ValueError(f"no video in {args.data} has the {n} frames --long_horizon needs")
     if n:
-        videos = [dict(v, n=min(v["n"], n), **{k: v[k][:n] for k in ("masks", "joints") if k in v}) for v in videos]
+        videos = [dict(v, n=min(v["n"], n), **{k: v[k][:n] for k in ("mask_paths", "joints") if k in v}) for v in videos]
     return videos
 
 
@@ -578,7 +577,7 @@ def main(argv=None):
     out = args.out_dir or os.path.join("out", "labelprop", f"{args.task}-{name}-{args.features}-"
                                                            f"{args.resolution[0]}x{args.resolution[1]}")
     h, w = _grid(args.resolution, P)
-    if h * w > 16384:  # label_propagation keeps an N x N neighbourhood mask: N = 16384 is 256 MB already
+    if h * w > MAX_TOKENS:
         raise ValueError(f"--resolution {args.resolution[0]} {args.resolution[1]} with this model's patch size "
                          f"{P} is {h * w} tokens per frame: far too many for label propagation "
                          "(the paper's 480x880 at patch 16 is 1650); lower --resolution")
@@ -588,7 +587,7 @@ def main(argv=None):
           f"temperature {args.temperature}, top-k {args.topk}, radius {args.radius:g}")
     os.makedirs(out, exist_ok=True)
     extract = lambda frames: model_features(model, frames, args.features == "encoder", args.device)  # noqa: E731
-    rows = evaluate(args.task, videos, extract, args.resolution, P, prop, out, args.save_masks)
+    rows = propagate_and_score(args.task, videos, extract, args.resolution, P, prop, out, args.save_masks)
     if args.task == "davis":
         line = report_davis(rows, out, args.horizons, f"{args.features} features")
     elif args.task == "vip":
@@ -609,9 +608,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError, ImportError) as err:  # bad input: one line (RVM_TRACEBACK=1 for the trace)
-        if os.environ.get("RVM_TRACEBACK"):
-            raise
-        sys.exit(f"eval_labelprop.py: {err}")
+    run_script(main, "eval_labelprop.py", (ValueError, OSError, ImportError))

@@ -19,6 +19,8 @@ width. Every token set carries a CLS token in front, so a frame has N + 1 tokens
 
 import functools
 import math
+import os
+import sys
 import timeit
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -165,7 +167,8 @@ class ViTBlock(nn.Module):
 class CrossAttentionBlock(nn.Module):
     """The block of the core's Tx and of the decoder (§3.1 "Decoder", Table 6): cross-attention to `memory`, then MLP,
     then self-attention, each pre-normalised with a residual. (The paper's Listing 2 has another order; its text,
-    Table 6 and the authors' code use this one.) The memory is not normalised here: whoever produces it does that."""
+    Table 6 and the authors' code use this one.) The memory is read as given, as the authors' model reads it: the
+    core's Tx reads the state layer-normalised by the core, the decoder the embedded source features unnormalised."""
 
     def __init__(self, dim, heads, mlp):
         super().__init__()
@@ -350,16 +353,20 @@ class RVM(nn.Module):
         return torch.stack(outputs, dim=1)
 
     @torch.no_grad()
-    def video_features(self, frames, per_frame=False):
+    def stream_features(self, frames, per_frame=False):
         """What the evaluations and pictures read: the frames [3, H, W] of one video, from any iterable, streamed
-        a frame at a time (a video never has to be in memory) -> patch features [T, h, w, D] in float32, CLS
-        dropped. o_t, the state carried from frame to frame; per_frame: ê_t alone (the image-model baseline)."""
+        a frame at a time -> patch features [T, h, w, D] in float32, CLS dropped. o_t, the state carried from frame
+        to frame; per_frame: ê_t alone (the image-model baseline). The cost per frame does not grow with the video's
+        length and the frames need not be in memory together, but the features of all of them are returned."""
         out, state = [], None
         for frame in frames:
-            o, state = (self.encode(frame[None]), None) if per_frame else self.step(frame[None], state)
+            if per_frame:
+                o = self.encode(frame[None])
+            else:
+                o, state = self.step(frame[None], state)
             out.append(o[0, 1:].float())
         if not out:
-            raise ValueError("video_features(): the video has no frames")
+            raise ValueError("stream_features(): the video has no frames")
         return torch.stack(out).unflatten(1, [n // self.config.patch_size for n in frame.shape[-2:]])
 
     def _attn_features(self, video):
@@ -383,8 +390,16 @@ class RVM(nn.Module):
         mask_perm[..., j]; the first M stay visible); by default one is drawn per sample and target
         frame (the authors share one per batch). Returns (loss, reconstruction [B, T, 3, H, W],
         mask [B, T, h, w] with True = hidden)."""
-        deltas, mask_perm = self._check_inputs(source, target, deltas, mask_perm)  # mask_perm: [B*T, N]
-        memory = self.source_memory(source, n_targets=target.shape[1])  # o_1..o_K, the decoder's keys/values
+        deltas = torch.as_tensor(deltas).cpu()  # checked on the host (a device tensor is copied there)
+        self._check_inputs(source, target, deltas, mask_perm)
+        B, T, _, H, W = target.shape
+        N = (H // self.config.patch_size) * (W // self.config.patch_size)
+        if mask_perm is None:  # a shuffle per sample and target frame
+            mask_perm = torch.rand(B * T, N, device=target.device).argsort(dim=1)
+        else:
+            mask_perm = torch.as_tensor(mask_perm).to(target.device).long().expand(B, T, N)
+            mask_perm = rearrange(mask_perm, "b t n -> (b t) n")
+        memory = self.source_memory(source, n_targets=T)  # o_1..o_K, the decoder's keys/values
         visible = self.encode_visible(target, mask_perm)  # ê^T: the M visible target tokens, the same encoder
         reconstruction = self.decode(visible, mask_perm, deltas, memory, target.shape)
         loss = F.mse_loss(reconstruction, target.float())  # §3.1 "Loss": every pixel, float32, no patch norm
@@ -448,12 +463,11 @@ class RVM(nn.Module):
                              f"patch size {P}; got {tuple(x.shape)}")
 
     def _check_inputs(self, source, target, deltas, mask_perm):
-        """Checks forward's inputs; returns the time gaps, checked on the host (where train.py hands them over: a
-        device tensor is copied there), and the masking permutation [B*T, N] on the target's device."""
+        """forward's inputs: the frames, the time gaps (a tensor on the host) and an injected mask_perm."""
         self._check_frames(source, "source", ndim=5)
         self._check_frames(target, "target", ndim=5)
         (B, T, _, H, W), P = target.shape, self.config.patch_size
-        N, deltas = (H // P) * (W // P), torch.as_tensor(deltas).cpu()
+        N = (H // P) * (W // P)
         if source.shape[0] != B or source.shape[-2:] != target.shape[-2:]:
             raise ValueError(f"source {tuple(source.shape)} and target {tuple(target.shape)} must share batch "
                              "and frame size")
@@ -462,12 +476,10 @@ class RVM(nn.Module):
             raise ValueError(f"deltas: expected [B, T] = [{B}, {T}] time gaps in [0, {self.config.n_deltas}), got "
                              f"shape {tuple(deltas.shape)} and values {deltas.min().item()}..{deltas.max().item()}")
         if mask_perm is None:
-            return deltas, torch.rand(B * T, N, device=target.device).argsort(dim=1)
-        mask_perm = torch.as_tensor(mask_perm)
-        if mask_perm.ndim != 3 or mask_perm.shape[0] not in (1, B) or mask_perm.shape[1] not in (1, T) \
-                or mask_perm.shape[2] != N:
-            raise ValueError(f"mask_perm: expected [B or 1, T or 1, N] = [{B}, {T}, {N}], got {tuple(mask_perm.shape)}")
-        return deltas, rearrange(mask_perm.to(target.device).long().expand(B, T, N), "b t n -> (b t) n")
+            return
+        shape = tuple(torch.as_tensor(mask_perm).shape)
+        if len(shape) != 3 or shape[0] not in (1, B) or shape[1] not in (1, T) or shape[2] != N:
+            raise ValueError(f"mask_perm: expected [B or 1, T or 1, N] = [{B}, {T}, {N}], got {shape}")
 
     # -- bookkeeping --
 
@@ -660,9 +672,26 @@ def named_model(ckpt=None, untrained=None, seed=0):
     return load_model(ckpt), path.parent.name if path.stem == "ckpt" else path.stem
 
 
-if __name__ == "__main__":
-    import sys
+# ----------------------------------------------------------------------------------------------
+# What the command-line scripts (eval_labelprop.py, visualize.py) share.
 
+# Tokens per frame above which eval_labelprop.py stops (label propagation keeps an N x N
+# neighbourhood mask: 256 MB at N = 16,384) and visualize.py warns (attention is quadratic in N).
+MAX_TOKENS = 16384
+
+
+def run_script(main, name, errors):
+    """A script's main() as its command line runs it: an error of the kinds in `errors` (bad input)
+    ends the process in one line naming the script, not a traceback (RVM_TRACEBACK=1: the trace)."""
+    try:
+        main()
+    except errors as err:
+        if os.environ.get("RVM_TRACEBACK"):
+            raise
+        sys.exit(f"{name}: {err}")
+
+
+if __name__ == "__main__":
     # python model.py configs/s.py configs/b.py ...: each size counted as Table 5 counts it.
     for path in sys.argv[1:] or ["configs/s.py", "configs/b.py", "configs/l.py", "configs/h.py"]:
         with torch.device("meta"):  # no memory, no time

@@ -6,7 +6,8 @@
     python visualize.py --demo --ckpt=out/noise_square/ckpt.pt        # the noise square, scored
     python visualize.py --demo --ckpt=rvm_l.npz                       # Fig. 6: 512 x 512, T = 64
 
-The model is unrolled over the video a frame at a time (any length fits in memory); PCA and K-means
+The model is unrolled over the video a frame at a time (its cost per frame does not grow with the
+video's length, but the whole video and its features are held in memory); PCA and K-means
 (k = 5) are fitted once over all its patch features, so a colour means the same in every frame, which
 is what shows temporal (in)stability (Fig. 8). Written: input | PCA | K-means as a GIF and an MP4,
 and a PNG strip of chosen frames like the paper's figures. In the demo every frame alone is white
@@ -28,11 +29,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import DIRECTIONS, count_frames, noise_square_video, read_frames
-from model import RVM, named_model
+from model import MAX_TOKENS, RVM, named_model, run_script
 
 # One colour per K-means cluster (tab10 without its grey); more clusters cycle.
 PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
                     [140, 86, 75], [227, 119, 194], [188, 189, 34], [23, 190, 207]], dtype=np.uint8)
+# The demo scores the frames after those a training clip's source holds (§4.1: 4 source frames).
+N_SOURCE = 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,7 +72,7 @@ def unroll(model, video, per_frame=False, device="cpu", progress=True):
     (o_t, frame t never sees a later frame; per_frame: the encoder's ê_t, the per-frame ViT alone)."""
     model = model.to(device).eval()
     frames = tqdm(video, desc="features", unit="frame", disable=not progress, leave=False)
-    return model.video_features((f.to(device) for f in frames), per_frame)
+    return model.stream_features((f.to(device) for f in frames), per_frame)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,7 +168,7 @@ def cluster_iou(labels, truth, frames=None):
     return best
 
 
-def motion_ceiling(masks, first_frame=4):
+def motion_ceiling(masks, first_frame=N_SOURCE):
     """(the first frame in which the square has moved or None, the share of frames first_frame..T-1 from there
     on): until it moves the video is one still noise image, so features finding it by motion score at most that."""
     moved = (masks != masks[:1]).flatten(1).any(1)
@@ -183,9 +186,9 @@ def position_features(T, h, w):
 
 def noise_square_demo(model, video, masks, features, args):
     """The demo's table: each row's best single K-means cluster and its mean IoU with the square over frames 4..T-1,
-    after the state has seen the 4 frames a training clip's source holds (video uint8 [T, 3, H, W], masks bool
+    after the state has seen the N_SOURCE frames a training clip's source holds (video uint8 [T, 3, H, W], masks bool
     [T, H, W], `features` the model's core features of the video)."""
-    T, size, P, first = len(video), video.shape[-1], model.config.patch_size, min(4, len(video) - 1)
+    T, size, P, first = len(video), video.shape[-1], model.config.patch_size, min(N_SOURCE, len(video) - 1)
     x, x0 = video.float() / 255, without_square(video, masks, args.seed).float() / 255
     truth, device = patch_masks(masks, P), args.device
     torch.manual_seed(args.seed)
@@ -304,7 +307,7 @@ def main(argv=None):
     else:
         video, masks, name = load_video(args.video, P, args.image_size, args.frames), None, Path(args.video).stem
     tokens = video.shape[-2] * video.shape[-1] // P ** 2
-    if tokens > 16384:
+    if tokens > MAX_TOKENS:
         print(f"visualize.py: warning: {tokens} tokens per frame at {video.shape[-2]}x{video.shape[-1]} with patch {P}:"
               " this will be slow; --image_size sets a smaller frame", file=sys.stderr)
     features = unroll(model, video, device=args.device)  # once, for the table and the pictures
@@ -315,9 +318,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError, KeyError) as err:  # bad input: one line (RVM_TRACEBACK=1 for the trace)
-        if os.environ.get("RVM_TRACEBACK"):
-            raise
-        sys.exit(f"visualize.py: {err}")
+    run_script(main, "visualize.py", (ValueError, OSError, KeyError))

@@ -350,7 +350,7 @@ def test_oracle_features_reproduce_davis_ground_truth(tmp_path):
     root = _davis_fixture(tmp_path / "davis")
     videos = lp.read_davis(str(root))
     assert [v["name"] for v in videos] == ["seq-a", "seq-b"]
-    rows = lp.evaluate("davis", videos, _oracle, TASK, out_dir=str(tmp_path / "out"), save_masks=True)
+    rows = lp.propagate_and_score("davis", videos, _oracle, TASK, out_dir=str(tmp_path / "out"), save_masks=True)
     assert [(r["sequence"], r["object"]) for r in rows] == [("seq-a", 1), ("seq-a", 2), ("seq-b", 1)]
     assert lp.davis_summary(rows) == dict(jf=1.0, j=1.0, f=1.0)
     # The saved masks are the ground truth itself (void read as background), as palette PNGs.
@@ -360,7 +360,7 @@ def test_oracle_features_reproduce_davis_ground_truth(tmp_path):
                 assert im.mode == "P"
                 np.testing.assert_array_equal(np.array(im), gt)
     # Control: features that cannot tell cells apart do not score 1.
-    assert lp.davis_summary(lp.evaluate("davis", videos, _constant, TASK))["jf"] < 0.7
+    assert lp.davis_summary(lp.propagate_and_score("davis", videos, _constant, TASK))["jf"] < 0.7
 
 
 def _vip_fixture(root):
@@ -376,11 +376,11 @@ def _vip_fixture(root):
 
 def test_oracle_features_reproduce_vip_ground_truth(tmp_path):
     root, maps = _vip_fixture(tmp_path / "vip")
-    rows = lp.evaluate("vip", lp.read_vip(str(root)), _oracle, TASK)
+    rows = lp.propagate_and_score("vip", lp.read_vip(str(root)), _oracle, TASK)
     expected = sum(lp.confusion(m, m) for m in maps)
     np.testing.assert_array_equal(rows[0]["hist"], expected)  # all pixels of all frames on the diagonal
     assert lp.miou(rows[0]["hist"])[0] == 1.0 and rows[0]["miou"] == 1.0
-    assert lp.miou(lp.evaluate("vip", lp.read_vip(str(root)), _constant, TASK)[0]["hist"])[0] < 0.5
+    assert lp.miou(lp.propagate_and_score("vip", lp.read_vip(str(root)), _constant, TASK)[0]["hist"])[0] < 0.5
 
 
 def _jhmdb_fixture(root, T=4, native=(96, 128)):
@@ -412,7 +412,7 @@ def test_oracle_features_reproduce_jhmdb_joints(tmp_path):
     videos = lp.read_jhmdb(str(root))
     assert [v["name"] for v in videos] == ["walk/vid-1"]  # the training video is left out
     np.testing.assert_allclose(videos[0]["joints"], joints)
-    rows = lp.evaluate("jhmdb", videos, _position_oracle, (96, 128))
+    rows = lp.propagate_and_score("jhmdb", videos, _position_oracle, (96, 128))
     gts, preds, visibles = ([r[k] for r in rows] for k in ("gt", "pred", "visible"))
     np.testing.assert_allclose(preds[0], joints, atol=1e-3)
     assert visibles[0].all() and lp.pck(gts, preds, visibles)[0] == 1.0 and rows[0]["pck"] == 1.0

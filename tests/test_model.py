@@ -69,7 +69,7 @@ def test_parity_streaming_features_and_state(official, ref):
         close(torch.stack(feats, 1), ref["features"])
         close(state, ref["state"])
         close(official.features(video), ref["features"])
-        close(official.video_features(video[0]).flatten(1, 2), ref["features"][0, :, 1:])
+        close(official.stream_features(video[0]).flatten(1, 2), ref["features"][0, :, 1:])
 
 
 def test_parity_reconstruction_with_injected_mask(official, ref):
@@ -173,7 +173,7 @@ def test_causality_and_streaming_equal_whole_video():
             stepped.append(o)
         # streaming a frame at a time computes what the whole video's batched encoder does
         assert torch.allclose(torch.stack(stepped, 1), a, atol=1e-5)
-        assert torch.allclose(model.video_features(video[0]), a[0, :, 1:].unflatten(1, (4, 4)), atol=1e-5)
+        assert torch.allclose(model.stream_features(video[0]), a[0, :, 1:].unflatten(1, (4, 4)), atol=1e-5)
         # encoder-only features ignore the other frames entirely
         enc = model.features(changed, per_frame=True)
         assert torch.equal(enc[:, 3:], model.features(changed[:, 3:], per_frame=True))
@@ -190,7 +190,7 @@ def test_a_long_stream_keeps_a_state_of_one_frame():
 
 def test_480x880_video_streams_with_resized_positions():
     model = tiny(patch_size=16).eval()
-    feats = model.video_features(torch.rand(2, 3, 480, 880))
+    feats = model.stream_features(torch.rand(2, 3, 480, 880))
     assert feats.shape == (2, 30, 55, 32) and torch.isfinite(feats).all()
     # the resized table keeps the grid's order: a token's position is closer to its neighbour's than
     # to a far token's (parity with the authors' resize is tested at 16 -> 4 above)
