@@ -52,10 +52,8 @@ class RVMConfig:
     n_deltas: int = 64  # time gaps Δ are one-hot over [0, n_deltas): a 64-frame clip (§4.1)
     base_grid: int = 16  # the encoder's position table is built for this grid, resized to others
     aggregator: str = "rnn"  # 'rnn': RVM's recurrent core | 'attn': self-attention baseline (§9)
-    # the decoder reads 'all' source features o_1..o_K (§3.1) | 'last', o_K only
-    decoder_memory: str = "all"
-    # recompute blocks in the backward pass: less memory, ~1/3 more compute
-    grad_checkpoint: bool = False
+    decoder_memory: str = "all"  # the decoder reads 'all' of o_1..o_K (§3.1) | 'last', o_K only
+    grad_checkpoint: bool = False  # recompute blocks in backward: less memory, ~1/3 more compute
 
     def __post_init__(self):
         self.enc_mlp = self.enc_mlp or 4 * self.width
