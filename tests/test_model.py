@@ -1,4 +1,5 @@
-"""model.py: parity with the authors' model, the equations, causality, masking, loss, FLOPs, errors."""
+"""model.py: parity with the authors' model, the equations, causality, masking, loss, FLOPs,
+errors."""
 import numpy as np
 import pytest
 import torch
@@ -69,7 +70,7 @@ def test_parity_streaming_features_and_state(official, ref):
         close(torch.stack(feats, 1), ref["features"])
         close(state, ref["state"])
         close(official.features(video), ref["features"])
-        close(official.video_features(video[0]).flatten(1, 2), ref["features"][0, :, 1:])
+        close(official.stream_features(video[0]).flatten(1, 2), ref["features"][0, :, 1:])
 
 
 def test_parity_reconstruction_with_injected_mask(official, ref):
@@ -80,7 +81,8 @@ def test_parity_reconstruction_with_injected_mask(official, ref):
                                      mask_perm=torch.from_numpy(ref["mask_perm"]))
     close(recon.permute(0, 1, 3, 4, 2), ref["reconstructed"])
     close(mask.float(), ref["mask"][..., 0], tol=0)
-    assert loss.item() == pytest.approx(((ref["reconstructed"] - ref["target"]) ** 2).mean(), abs=1e-5)
+    expected = ((ref["reconstructed"] - ref["target"]) ** 2).mean()
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_loader_names_missing_unexpected_and_misshaped_keys(ref, tmp_path):
@@ -106,13 +108,15 @@ def test_loader_names_missing_unexpected_and_misshaped_keys(ref, tmp_path):
         load_model(tmp_path / "nothing.npz")
 
 
-@pytest.mark.parametrize("size,paper,tol", [("s", 34e6, 0.10), ("b", 117e6, 0.10), ("l", 375e6, 0.01),
-                                            ("h", 743e6, 0.01)])
+@pytest.mark.parametrize("size,paper,tol", [("s", 34e6, 0.10), ("b", 117e6, 0.10),
+                                            ("l", 375e6, 0.01), ("h", 743e6, 0.01)])
 def test_table5_configs_and_the_official_key_names(size, paper, tol):
-    """configs/{s,b,l,h}.py hold Table 5; each builds the released checkpoint's parameters one to one."""
+    """configs/{s,b,l,h}.py hold Table 5; each builds the released checkpoint's parameters one to
+    one."""
     with torch.device("meta"):  # no memory, no time: the big ones are only counted
         model = RVM(config_from_file(ROOT / "configs" / f"{size}.py"))
-    assert abs(model.num_params() - paper) / paper < tol  # L, H within 1 %; S, B within 10 % (README)
+    # L, H within 1 %; S, B within 10 % (README)
+    assert abs(model.num_params() - paper) / paper < tol
     theirs = {}
     for line in (REFERENCE / f"official_keys_{size.upper()}.txt").read_text().splitlines():
         key, shape = line.rsplit(" (", 1)
@@ -121,7 +125,8 @@ def test_table5_configs_and_the_official_key_names(size, paper, tol):
     assert set(ours) == set(theirs) and len(ours) == len(model.state_dict())  # one to one
     for key, shape in theirs.items():
         assert int(np.prod(shape)) == ours[key].numel(), key
-    shallow = config_from_file(ROOT / "configs" / f"{size}.py", enc_layers=1, mask_ratio=0.5)  # overrides win
+    # overrides win
+    shallow = config_from_file(ROOT / "configs" / f"{size}.py", enc_layers=1, mask_ratio=0.5)
     assert (shallow.enc_layers, shallow.mask_ratio, shallow.width) == (1, 0.5, model.config.width)
 
 
@@ -131,12 +136,14 @@ def test_core_step_equals_the_equations_by_hand():
     model = tiny()
     core = model.rnn_core
     e, s = torch.randn(2, 17, 32), torch.randn(2, 17, 32)
-    W = {n: getattr(core, n).weight for n in ("input_update", "state_update", "input_reset", "state_reset")}
+    gates = ("input_update", "state_update", "input_reset", "state_reset")
+    W = {n: getattr(core, n).weight for n in gates}
     with torch.no_grad():
         u = torch.sigmoid(e @ W["input_update"].T + s @ W["state_update"].T)
         r = torch.sigmoid(e @ W["input_reset"].T + s @ W["state_reset"].T)
         ln_s = F.layer_norm(s, (32,), core.state_layer_norm.weight, None, eps=1e-4)
-        assert torch.allclose(core(e, s), (1 - u) * s + u * core.transformer(e, r * ln_s), atol=1e-6)
+        expected = (1 - u) * s + u * core.transformer(e, r * ln_s)
+        assert torch.allclose(core(e, s), expected, atol=1e-6)
         # the first step starts from s_0 = 0: s_1 = u ⊙ Tx(ê, 0)
         frame = torch.rand(2, 3, 32, 32)
         o, s1 = model.step(frame)
@@ -173,7 +180,8 @@ def test_causality_and_streaming_equal_whole_video():
             stepped.append(o)
         # streaming a frame at a time computes what the whole video's batched encoder does
         assert torch.allclose(torch.stack(stepped, 1), a, atol=1e-5)
-        assert torch.allclose(model.video_features(video[0]), a[0, :, 1:].unflatten(1, (4, 4)), atol=1e-5)
+        streamed = model.stream_features(video[0])
+        assert torch.allclose(streamed, a[0, :, 1:].unflatten(1, (4, 4)), atol=1e-5)
         # encoder-only features ignore the other frames entirely
         enc = model.features(changed, per_frame=True)
         assert torch.equal(enc[:, 3:], model.features(changed[:, 3:], per_frame=True))
@@ -190,7 +198,7 @@ def test_a_long_stream_keeps_a_state_of_one_frame():
 
 def test_480x880_video_streams_with_resized_positions():
     model = tiny(patch_size=16).eval()
-    feats = model.video_features(torch.rand(2, 3, 480, 880))
+    feats = model.stream_features(torch.rand(2, 3, 480, 880))
     assert feats.shape == (2, 30, 55, 32) and torch.isfinite(feats).all()
     # the resized table keeps the grid's order: a token's position is closer to its neighbour's than
     # to a far token's (parity with the authors' resize is tested at 16 -> 4 above)
@@ -201,8 +209,10 @@ def test_480x880_video_streams_with_resized_positions():
 
 def test_attn_aggregator_ablation():
     model = tiny(aggregator="attn")
-    assert not hasattr(model, "rnn_core") and len(model.encoder.layers) == 2  # encoder + core depth (§9)
-    loss, recon, _ = model(torch.rand(2, 2, 3, 16, 16), torch.rand(2, 1, 3, 16, 16), torch.tensor([[5], [9]]))
+    # encoder + core depth (§9)
+    assert not hasattr(model, "rnn_core") and len(model.encoder.layers) == 2
+    loss, recon, _ = model(torch.rand(2, 2, 3, 16, 16), torch.rand(2, 1, 3, 16, 16),
+                           torch.tensor([[5], [9]]))
     assert recon.shape == (2, 1, 3, 16, 16) and torch.isfinite(loss)
     with pytest.raises(ValueError, match="aggregator"):
         model.step(torch.rand(1, 3, 16, 16))
@@ -211,8 +221,8 @@ def test_attn_aggregator_ablation():
 @pytest.mark.parametrize("n_source", [1, 2, 4])
 @pytest.mark.parametrize("memory", ["all", "last"])
 def test_every_source_frame_reaches_the_reconstruction(n_source, memory):
-    # 'all' (the paper): the decoder reads o_1..o_K; 'last': o_K alone, so earlier frames reach it only
-    # through the core's state. Either way the loss depends on every source frame.
+    # 'all' (the paper): the decoder reads o_1..o_K; 'last': o_K alone, so earlier frames reach it
+    # only through the core's state. Either way the loss depends on every source frame.
     model = tiny(decoder_memory=memory)
     source = torch.rand(2, n_source, 3, 16, 16, requires_grad=True)
     loss, recon, mask = model(source, torch.rand(2, 3, 3, 16, 16), torch.full((2, 3), n_source + 4))
@@ -225,15 +235,17 @@ def test_every_source_frame_reaches_the_reconstruction(n_source, memory):
     assert seen["memory"].shape[1] == (n_source if memory == "all" else 1) * (2 * 2 + 1)
 
 
-# -- masking, loss, gradients, FLOPs -----------------------------------------------------------------
+# -- masking, loss, gradients, FLOPs ---------------------------------------------------------------
 
 def test_masking_keeps_int_n_times_5_percent_tokens_different_per_sample():
     model = tiny(patch_size=4)  # 32x32 frames -> N = 64 tokens -> keep int(64 * 0.05) = 3
     torch.manual_seed(1)
-    _, _, mask = model(torch.rand(8, 2, 3, 32, 32), torch.rand(8, 2, 3, 32, 32), torch.full((8, 2), 10))
+    _, _, mask = model(torch.rand(8, 2, 3, 32, 32), torch.rand(8, 2, 3, 32, 32),
+                       torch.full((8, 2), 10))
     visible = ~mask.flatten(2)
     assert (visible.sum(-1) == 3).all()
-    assert len({tuple(v.nonzero().flatten().tolist()) for v in visible.flatten(0, 1)}) > 1  # a draw per frame
+    # a draw per frame
+    assert len({tuple(v.nonzero().flatten().tolist()) for v in visible.flatten(0, 1)}) > 1
     assert RVM(RVMConfig()).n_visible(256) == 12  # the paper's 256 px: 12 of 256
 
 
@@ -275,7 +287,8 @@ def test_bf16_autocast_matches_float32():
     model.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss16, recon, _ = model(source, target, deltas, mask_perm=perm)
-    assert loss16.dtype == torch.float32 and recon.dtype == torch.float32  # the loss in float32 (§4.1)
+    # the loss in float32 (§4.1)
+    assert loss16.dtype == torch.float32 and recon.dtype == torch.float32
     assert abs(loss16.item() - loss32.item()) / loss32.item() < 0.02
     loss16.backward()
     assert F.cosine_similarity(model.tokenizer.weight.grad.flatten(), grad32.flatten(), dim=0) > 0.9
@@ -293,12 +306,15 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 @pytest.mark.parametrize("aggregator,memory", [("rnn", "all"), ("rnn", "last"), ("attn", "all")])
 def test_flops_estimate_counts_what_torch_executes(aggregator, memory):
-    """flops_per_example against torch's own count of a training step's matmuls, forward and backward.
-    The estimate counts the tokenizer's input gradient, which torch skips (frames need none): ~2 % here."""
-    model = tiny(enc_layers=2, dec_width=48, dec_layers=2, aggregator=aggregator, decoder_memory=memory,
-                 mask_ratio=0.75)
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:  # attention as matmuls
-        model(torch.rand(2, 3, 3, 32, 32), torch.rand(2, 2, 3, 32, 32), torch.tensor([[5, 9], [7, 40]]))[0].backward()
+    """flops_per_example against torch's own count of a training step's matmuls, forward and
+    backward. The estimate counts the tokenizer's input gradient, which torch skips (frames need
+    none): ~2 % here."""
+    model = tiny(enc_layers=2, dec_width=48, dec_layers=2, aggregator=aggregator,
+                 decoder_memory=memory, mask_ratio=0.75)
+    source, target = torch.rand(2, 3, 3, 32, 32), torch.rand(2, 2, 3, 32, 32)
+    # attention as matmuls
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(source, target, torch.tensor([[5, 9], [7, 40]]))[0].backward()
     estimate = 2 * model.flops_per_example(32, n_source=3, n_target=2)
     assert 1.0 < estimate / counter.get_total_flops() < 1.04
 
@@ -322,31 +338,37 @@ def test_tiny_model_overfits_one_clip():
 # -- initialisation: the authors' ---------------------------------------------------------------
 
 def test_initialisation_is_the_authors():
-    """Flax's initialisers as the authors' model uses them, at a width where spreads are sharp: attention, gates,
-    embedders and tokenizer lecun_normal (std 1/sqrt(fan_in), truncated at 2 of its own std), MLP layers
-    xavier_uniform (bound sqrt(6 / (fan_in + fan_out))), every bias 0, CLS and MASK N(0, 0.02), norms 1 and 0."""
+    """Flax's initialisers as the authors' model uses them, at a width where spreads are sharp:
+    attention, gates, embedders and tokenizer lecun_normal (std 1/sqrt(fan_in), truncated at 2 of
+    its own std), MLP layers xavier_uniform (bound sqrt(6 / (fan_in + fan_out))), every bias 0, CLS
+    and MASK N(0, 0.02), norms 1 and 0."""
     torch.manual_seed(0)
     D = 1024
-    m = RVM(RVMConfig(width=D, enc_heads=16, core_heads=16, enc_layers=1, core_layers=1, dec_layers=1))
+    m = RVM(RVMConfig(width=D, enc_heads=16, core_heads=16, enc_layers=1, core_layers=1,
+                      dec_layers=1))
     lecun = {"encoder.layers.0.attention.query": D, "encoder.layers.0.attention.out": D,
              "rnn_core.transformer.xa_blocks.0.ca_attention.key": D, "rnn_core.input_update": D,
-             "rnn_core.state_reset": D, "decoder_embedder": D, "delta_embedder": 64, "detokenizer": 512,
-             "decoder.xa_blocks.0.attention.value": 512, "tokenizer": 3 * 16 * 16}
+             "rnn_core.state_reset": D, "decoder_embedder": D, "delta_embedder": 64,
+             "detokenizer": 512, "decoder.xa_blocks.0.attention.value": 512,
+             "tokenizer": 3 * 16 * 16}
     modules = dict(m.named_modules())
     for name, fan_in in lecun.items():
         w, std = modules[name].weight, fan_in ** -0.5
         assert w.std().item() == pytest.approx(std, rel=0.03), name
-        assert w.abs().max().item() <= 2 * std / 0.8796 + 1e-6, name  # truncated at 2 std of the untruncated normal
+        # truncated at 2 std of the untruncated normal
+        assert w.abs().max().item() <= 2 * std / 0.8796 + 1e-6, name
     for name in ("encoder.layers.0.mlp.dense_in", "rnn_core.transformer.xa_blocks.0.mlp.dense_out",
                  "decoder.xa_blocks.0.mlp.dense_in"):
         w = modules[name].weight
         bound = (6 / sum(w.shape)) ** 0.5
-        assert w.abs().max().item() <= bound and w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.03), name
+        assert w.abs().max().item() <= bound, name
+        assert w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.03), name
     for name, module in modules.items():
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and module.bias is not None:
             assert not module.bias.any(), name
         if isinstance(module, torch.nn.LayerNorm):
-            assert (module.weight == 1).all() and (module.bias is None or not module.bias.any()), name
+            assert (module.weight == 1).all(), name
+            assert module.bias is None or not module.bias.any(), name
     for token in (m.cls_token, m.mask_token):
         assert token.std().item() == pytest.approx(0.02, rel=0.1)
 
@@ -357,10 +379,14 @@ def test_initialisation_is_the_authors():
     (lambda m: m.step(torch.rand(1, 3, 20, 16)), "multiple of the patch"),
     (lambda m: m.step(torch.rand(1, 4, 16, 16)), "3 colour channels"),
     (lambda m: m.step(torch.randint(0, 255, (1, 3, 16, 16), dtype=torch.uint8)), "float tensor"),
-    (lambda m: m.step(torch.rand(1, 3, 16, 16), m.step(torch.rand(1, 3, 32, 32))[1]), "same batch size and frame"),
-    (lambda m: m(torch.rand(1, 2, 3, 16, 16), torch.rand(1, 1, 3, 16, 16), torch.tensor([[64]])), r"\[0, 64\)"),
-    (lambda m: m(torch.rand(1, 2, 3, 16, 16), torch.rand(1, 1, 3, 16, 16), torch.tensor([[-1]])), r"\[0, 64\)"),
-    (lambda m: m(torch.rand(1, 2, 3, 16, 16), torch.rand(1, 1, 3, 16, 16), torch.tensor([5])), r"\[B, T\]"),
+    (lambda m: m.step(torch.rand(1, 3, 16, 16), m.step(torch.rand(1, 3, 32, 32))[1]),
+     "same batch size and frame"),
+    (lambda m: m(torch.rand(1, 2, 3, 16, 16), torch.rand(1, 1, 3, 16, 16), torch.tensor([[64]])),
+     r"\[0, 64\)"),
+    (lambda m: m(torch.rand(1, 2, 3, 16, 16), torch.rand(1, 1, 3, 16, 16), torch.tensor([[-1]])),
+     r"\[0, 64\)"),
+    (lambda m: m(torch.rand(1, 2, 3, 16, 16), torch.rand(1, 1, 3, 16, 16), torch.tensor([5])),
+     r"\[B, T\]"),
     (lambda m: m.features(torch.rand(1, 3, 16, 16)), r"\[B, T, 3, H, W\]"),
     (lambda m: RVM(RVMConfig(width=33)), "not divisible by enc_heads"),
 ])
@@ -372,7 +398,8 @@ def test_bad_input_raises_clear_value_error(call, match):
 def test_our_checkpoint_round_trip_and_bad_files(tmp_path):
     from dataclasses import asdict
     model = tiny()
-    torch.save({"model": model.state_dict(), "model_config": asdict(model.config)}, tmp_path / "ckpt.pt")
+    ckpt = {"model": model.state_dict(), "model_config": asdict(model.config)}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
     loaded = load_model(tmp_path / "ckpt.pt")
     frame = torch.rand(1, 3, 16, 16)
     with torch.no_grad():

@@ -8,7 +8,8 @@ import visualize as vis
 from conftest import REFERENCE
 from model import RVM, RVMConfig, load_model
 
-TINY_CONFIG = "patch_size = {P}\nwidth = 32\nenc_layers = 1\nenc_heads = 2\ncore_layers = 1\ncore_heads = 2\n"
+TINY_CONFIG = ("patch_size = {P}\nwidth = 32\nenc_layers = 1\nenc_heads = 2\ncore_layers = 1\n"
+               "core_heads = 2\n")
 
 # ----------------------------------------------------------------------------------------------
 # PCA
@@ -19,7 +20,8 @@ def planted(n=2000, dim=24, stds=(6.0, 3.0, 1.5), noise=0.05, seed=0):
     g = torch.Generator().manual_seed(seed)
     basis, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
     latent = torch.randn(n, 3, generator=g) * torch.tensor(stds)
-    x = latent @ basis[:, :3].T + noise * torch.randn(n, dim, generator=g) + 7.0  # an offset to centre away
+    # an offset to centre away
+    x = latent @ basis[:, :3].T + noise * torch.randn(n, dim, generator=g) + 7.0
     return x, latent, basis[:, :3].T
 
 
@@ -56,7 +58,8 @@ def test_pca_rgb_in_unit_range_and_deterministic_sign():
 
 def blobs(seed=0):
     sk = pytest.importorskip("sklearn.datasets")
-    x, y = sk.make_blobs(n_samples=3000, centers=5, n_features=8, cluster_std=2.5, random_state=seed)
+    x, y = sk.make_blobs(n_samples=3000, centers=5, n_features=8, cluster_std=2.5,
+                         random_state=seed)
     return torch.tensor(x, dtype=torch.float32), y
 
 
@@ -84,7 +87,8 @@ def test_kmeans_recovers_blobs_and_is_seeded():
     assert centers.shape == (5, 8)
     # every true blob maps to one cluster: the clustering agrees with the truth up to renaming
     for b in range(5):
-        assert torch.bincount(labels[torch.from_numpy(y == b)], minlength=5).max() >= 0.98 * (y == b).sum()
+        counts = torch.bincount(labels[torch.from_numpy(y == b)], minlength=5)
+        assert counts.max() >= 0.98 * (y == b).sum()
     again, _, _ = vis.kmeans(x, k=5, seed=0)
     assert torch.equal(labels, again)
     z = torch.randn(500, 4, generator=torch.Generator().manual_seed(0))
@@ -184,7 +188,8 @@ def test_scores_oracle_features_find_the_square():
 
 def write_test_video(tmp_path, T=6, size=64):
     rng = np.random.default_rng(0)
-    frames = rng.integers(0, 256, (T, size, size + 16, 3), dtype=np.uint8)  # 64 x 80, 4 x 5 patches of 16
+    # 64 x 80, 4 x 5 patches of 16
+    frames = rng.integers(0, 256, (T, size, size + 16, 3), dtype=np.uint8)
     path = tmp_path / "clip.mp4"
     iio.imwrite(path, frames, plugin="pyav", codec="libx264", fps=8)
     folder = tmp_path / "frames"
@@ -215,10 +220,11 @@ def test_end_to_end_random_model_on_a_video_file_and_a_folder(tmp_path):
     gif = check_outputs(tmp_path / "a", "clip", T=12, H=128, W=160)
     # the K-means panel uses at most k colours (the GIF palette may add a few)
     assert 1 < len(np.unique(gif[:, :, 320:].reshape(-1, gif.shape[-1])[:, :3], axis=0)) <= 5 + 2
-    vis.main([f"--video={folder}", f"--out_dir={tmp_path / 'b'}", "--frames=11", "--scale=1", tiny_config(tmp_path)])
+    vis.main([f"--video={folder}", f"--out_dir={tmp_path / 'b'}", "--frames=11", "--scale=1",
+              tiny_config(tmp_path)])
     gif = check_outputs(tmp_path / "b", "frames", T=11, H=64, W=80)
-    # the frames come in frame order: the input panel of GIF frame 10 is frame_10.png (GIF colours are
-    # quantised, so compare against every frame and find it closest)
+    # the frames come in frame order: the input panel of GIF frame 10 is frame_10.png (GIF colours
+    # are quantised, so compare against every frame and find it closest)
     errors = [np.abs(gif[10, :, :80, :3].astype(int) - f).mean() for f in frames]
     assert int(np.argmin(errors)) == 10
 
@@ -232,33 +238,38 @@ def test_end_to_end_official_micro_weights(tmp_path):
     arrays = np.load(ref)
     video = torch.from_numpy(arrays["video"][0]).permute(0, 3, 1, 2).float()
     feats = vis.unroll(load_model(ref), video, progress=False)
-    assert torch.allclose(feats, torch.from_numpy(arrays["features"][0, :, 1:]).reshape(feats.shape), atol=1e-5)
+    theirs = torch.from_numpy(arrays["features"][0, :, 1:]).reshape(feats.shape)
+    assert torch.allclose(feats, theirs, atol=1e-5)
 
 
 def test_unroll_is_streaming_and_matches_model_features():
     torch.manual_seed(0)
-    model = RVM(RVMConfig(patch_size=8, width=32, enc_layers=1, enc_heads=2, core_layers=1, core_heads=2,
-                          dec_width=32, dec_layers=1, dec_heads=2)).eval()
+    model = RVM(RVMConfig(patch_size=8, width=32, enc_layers=1, enc_heads=2, core_layers=1,
+                          core_heads=2, dec_width=32, dec_layers=1, dec_heads=2)).eval()
     video = torch.rand(5, 3, 16, 24)
     feats = vis.unroll(model, video, progress=False)
     with torch.no_grad():
-        assert torch.allclose(feats.reshape(5, 6, 32), model.features(video[None])[0, :, 1:], atol=1e-5)
+        core = model.features(video[None])[0, :, 1:]
+        assert torch.allclose(feats.reshape(5, 6, 32), core, atol=1e-5)
         enc = model.features(video[None], per_frame=True)[0, :, 1:]
-    assert torch.allclose(vis.unroll(model, video, per_frame=True, progress=False).reshape(5, 6, 32), enc, atol=1e-5)
+    per_frame = vis.unroll(model, video, per_frame=True, progress=False)
+    assert torch.allclose(per_frame.reshape(5, 6, 32), enc, atol=1e-5)
 
 
 def test_demo_prints_the_table_and_outlines_the_square(tmp_path, capsys, monkeypatch):
-    # The stimulus comes from data.py; the toy generator stands in so this test checks visualize.py only.
+    # The stimulus comes from data.py; the toy generator stands in so this test checks visualize.py
+    # only.
     video, masks, _ = toy_stimulus(T=10, size=32, S=16)
     monkeypatch.setattr(vis, "noise_square_video", lambda *a, **k: (video, masks))
-    args = ["--demo", tiny_config(tmp_path, P=4), "--image_size=32", "--frames=10", f"--out_dir={tmp_path}",
-            "--scale=2"]
+    args = ["--demo", tiny_config(tmp_path, P=4), "--image_size=32", "--frames=10",
+            f"--out_dir={tmp_path}", "--scale=2"]
     vis.main(args)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("the square first moves at frame 1")  # the ceiling first ...
-    rows = ["core features", "encoder only", "untrained model", "video without square", "patch positions",
-            "core minus the best other row"]
-    assert [any(r in line for line in lines[3:9]) for r in rows] == [True] * 6  # ... then the five rows
+    rows = ["core features", "encoder only", "untrained model", "video without square",
+            "patch positions", "core minus the best other row"]
+    # ... then the five rows
+    assert [any(r in line for line in lines[3:9]) for r in rows] == [True] * 6
     assert len(lines) == 10  # and the line naming the files written
     gif = check_outputs(tmp_path, "noise_square_32px_10f_seed0", T=10, H=64, W=64)
     # the true square is outlined in white on every panel: frame 0's square spans columns 0..15
@@ -268,7 +279,8 @@ def test_demo_prints_the_table_and_outlines_the_square(tmp_path, capsys, monkeyp
 
 @pytest.mark.slow
 def test_demo_with_data_py_stimulus(tmp_path, capsys):
-    vis.main(["--demo", tiny_config(tmp_path, P=8), "--image_size=64", "--frames=16", f"--out_dir={tmp_path}"])
+    vis.main(["--demo", tiny_config(tmp_path, P=8), "--image_size=64", "--frames=16",
+              f"--out_dir={tmp_path}"])
     assert "control: patch positions only" in capsys.readouterr().out
     check_outputs(tmp_path, "noise_square_64px_16f_seed0", T=16, H=256, W=256)
 
@@ -283,15 +295,20 @@ def test_bad_videos_and_weights_are_one_line_on_the_command_line(tmp_path):
     (tmp_path / "text.mp4").write_text("not a video\n")
     (tmp_path / "cut.mp4").write_bytes(path.read_bytes()[:300])
     (tmp_path / "cut.npz").write_bytes((REFERENCE / "official_micro_a.npz").read_bytes()[:5000])
-    cases = [([f"--video={tmp_path / name}", tiny_config(tmp_path), *frames], f"{name}: not a readable video")
+    cases = [([f"--video={tmp_path / name}", tiny_config(tmp_path), *frames],
+              f"{name}: not a readable video")
              for name in ("empty.mp4", "text.mp4", "cut.mp4") for frames in ([], ["--frames=4"])]
-    cases += [([f"--video={path}", f"--ckpt={tmp_path / 'cut.npz'}"], "cut.npz: not a readable .npz"),
-              ([f"--video={path}", f"--ckpt={tmp_path / 'none.pt'}"], "none.pt: no such checkpoint")]
+    cases += [([f"--video={path}", f"--ckpt={tmp_path / 'cut.npz'}"],
+               "cut.npz: not a readable .npz"),
+              ([f"--video={path}", f"--ckpt={tmp_path / 'none.pt'}"],
+               "none.pt: no such checkpoint")]
     for args, message in cases:  # each an error of the kinds the command line turns into one line
         with pytest.raises((ValueError, OSError)) as err:
             vis.main([*args, f"--out_dir={tmp_path / 'o'}"])
         assert message in str(err.value) and "\n" not in str(err.value)
-    out = subprocess.run([sys.executable, str(ROOT / "visualize.py"), *cases[2][0], f"--out_dir={tmp_path / 'o'}"],
-                         capture_output=True, text=True, timeout=120)  # the command line: one line, no trace
+    # the command line: one line, no trace
+    command = [sys.executable, str(ROOT / "visualize.py"), *cases[2][0],
+               f"--out_dir={tmp_path / 'o'}"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and cases[2][1] in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
