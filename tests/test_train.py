@@ -3,7 +3,7 @@ on a tiny model and the white-noise square data, with out_dir in tmp_path; a run
 settings runs in a fork of the test process instead (run_forked), which saves an interpreter's start.
 
 Equalities tested: 2 processes (DDP, FSDP2; also 2 simulated nodes) train exactly like 1 process
-on the same global batch (train.py's data "slots", see its docstring); a run killed from outside
+on the same global batch (train.py's data "streams", see its docstring); a run killed from outside
 and resumed gives the losses of an uninterrupted one (bitwise on one process). Faults come from
 outside the trainer: SIGKILL once a checkpoint exists, a learning rate that diverges.
 """
@@ -263,7 +263,7 @@ def test_one_process_run(tmp_path):
     assert {"model", "model_config", "optimizer", "step", "config", "data"} <= set(ckpt)
     assert ckpt["step"] == 8 and ckpt["config"]["max_steps"] == 8 and ckpt["config"]["min_lr"] == 1e-4
     assert ckpt["model_config"]["core_layers"] == 1  # the command line wins over the config file
-    assert ckpt["data"] == {"slots": 4, "micro_batch": 1, "examples": 32}
+    assert ckpt["data"] == {"streams": 4, "micro_batch": 1, "examples": 32}
     model = load_model(tmp_path / "out" / "ckpt.pt")  # every RVMConfig field is a setting, enc_mlp too
     assert model.config.width == 32 and len(model.rnn_core.transformer.xa_blocks) == 1
     assert model.encoder.layers[0].mlp.dense_in.out_features == 48
@@ -608,7 +608,7 @@ def test_a_killed_loader_worker_is_one_line_and_the_last_checkpoint_stays(tmp_pa
     out = proc.communicate(timeout=TIMEOUT)[0]
     assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
     line = [line for line in out.split("train.py: ")[1:] if "loader worker" in line]
-    assert len(line) == 1 and "slot 0: a loader worker died" in line[0], out[-3000:]
+    assert len(line) == 1 and "stream 0: a loader worker died" in line[0], out[-3000:]
     assert "Lower num_workers (now 1) or micro_batch (now 4)" in line[0], line
     step = torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"]
     assert step % 5 == 0 and f"The last checkpoint, {tmp_path / 'ckpt.pt'} (step {step}), is kept" in line[0], line
