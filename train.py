@@ -94,6 +94,9 @@ globals().update({f.name: f.default for f in fields(RVMConfig)})
 settings = {k: v for k, v in globals().items() if k not in _names}
 CHOICES = dict(device=("auto", "cuda", "cpu", "xla"), dtype=("bfloat16", "float32"),
                sharding=("fsdp", "ddp", "none"))
+POSITIVE = ("batch_size", "micro_batch", "max_steps", "log_interval", "eval_interval", "val_clips",
+            "image_size", "patch_size", "width", "enc_heads", "core_heads", "dec_width",
+            "dec_heads", "base_grid")  # >= 1; the other numbers >= 0
 
 
 def main():
@@ -178,13 +181,13 @@ def read_settings(argv):
     globals().update(settings)
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     log_path = os.path.join(out_dir, "log.jsonl")
-    if micro_batch < 1 or batch_size % (micro_batch * world_size):
+    low = [f"{k}={v} must be >= {int(k in POSITIVE)}" for k, v in settings.items()
+           if type(v) in (int, float) and v < int(k in POSITIVE)]
+    if low:
+        fail("; ".join(low))
+    if batch_size % (micro_batch * world_size):
         fail(f"batch_size={batch_size} must be a positive multiple of micro_batch * world_size = "
              f"{micro_batch} * {world_size}")
-    if min(max_steps, log_interval, eval_interval, val_clips) < 1:
-        fail("max_steps, log_interval, eval_interval and val_clips must be >= 1")
-    if min(warmup_steps, ckpt_interval) < 0:
-        fail("warmup_steps and ckpt_interval must be >= 0")
     grad_accum = batch_size // (micro_batch * world_size)
     spmd = device == "xla" and sharding == "fsdp"  # XLA's sharding: the compiler splits one program
     fsdp = sharding == "fsdp" and distributed and not spmd
@@ -198,6 +201,7 @@ def read_settings(argv):
     tokens = (image_size // P) ** 2  # per frame
     sizes = labelprop_resolution
     for wrong, why in [  # settings that cannot work together, named before any work
+            (max(beta1, beta2) >= 1, f"beta1={beta1} and beta2={beta2} must be < 1"),
             (image_size % P, f"image_size={image_size} is not a multiple of patch_size={P}"),
             (labelprop_data and (len(sizes) != 2 or any(x < 1 or x % P for x in sizes)),
              f"labelprop_resolution={sizes} must be (H, W), multiples of patch_size"),

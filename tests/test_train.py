@@ -222,6 +222,8 @@ def test_pointless_settings_are_named_before_any_work(tmp_path):
     (["--device=xla"], "needs torch_xla"),
     (["--data=/no/such/folder"], "data='/no/such/folder': no such folder"),
     (["--micro_batch=3"], "batch_size=4 must be a positive multiple of micro_batch * world_size = 3 * 1"),
+    (["--batch_size=0"], "batch_size=0 must be >= 1"),
+    (["--seed=-1", "--enc_heads=0"], "seed=-1 must be >= 0; enc_heads=0 must be >= 1"),
     (["--width=33"], "model settings: the enc width 33 is not divisible by enc_heads=2"),
     (["--window=80"], "window=80 > n_deltas=64"),
     (["--val_data=/no/such/folder"], "val_data='/no/such/folder': no such folder"),
