@@ -65,7 +65,7 @@ num_workers = 8  # loader processes per rank
 val_data = ""  # held-out videos (a spec as data): their loss, and copying the last source frame's
 val_clips = 64  # held-out clips, fixed (frames, crops, gaps, masks) for every step, run, world size
 labelprop_data = ""  # a DAVIS folder: J&F of core and encoder features (two eval_labelprop.py runs)
-labelprop_resolution = (480, 880)  # its frames resized to (H, W): the paper's; small models: less
+labelprop_resolution = ()  # its frames' (H, W); (): the paper's (Table 8); a small model wants less
 labelprop_sequences = ""  # comma-separated sequences; '' for all of ImageSets/2017/val.txt
 # -- optimisation (§4.1; the paper publishes no learning rate: MAE's linear scaling rule)
 batch_size = 2048  # global batch: clips per optimizer step, over all processes
@@ -168,7 +168,7 @@ def main():
 def read_settings(argv):
     """Step 1, before any process group or model: the settings, checked, become globals, with what
     follows from them. Returns the model's config."""
-    global ckpt_path, log_path, grad_accum, spmd, fsdp, ddp, peak_lr, tokens
+    global ckpt_path, log_path, labelprop_resolution, grad_accum, spmd, fsdp, ddp, peak_lr, tokens
     if "--help" in argv or "-h" in argv:
         print_help(__doc__, settings, [open(__file__).read(), inspect.getsource(RVMConfig)])
         sys.exit(0)
@@ -181,6 +181,9 @@ def read_settings(argv):
     globals().update(settings)
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     log_path = os.path.join(out_dir, "log.jsonl")
+    if labelprop_data and not labelprop_resolution:
+        from eval_labelprop import RESOLUTION  # (its matplotlib import costs a quarter second)
+        labelprop_resolution = RESOLUTION["davis"]
     low = [f"{k}={v} must be >= {int(k in POSITIVE)}" for k, v in settings.items()
            if type(v) in (int, float) and v < int(k in POSITIVE)]
     if low:
