@@ -447,7 +447,8 @@ def start_log(init, changed, start_step, model, dev):
               f"peak lr {peak_lr:.3g} | steps {start_step}..{max_steps}", flush=True)
     zero = torch.zeros((), device=dev)
     return dict(flops=flops, peak=peak, step=start_step, loss=zero, grad_norm=zero.clone(),
-                skipped_videos=0, xla=[0, 0], start=time.perf_counter())
+                data_wait=0.0, skipped_videos=0, xla=[0, 0], warned=False,
+                start=time.perf_counter())
 
 
 def learning_rate_at(step):
@@ -467,7 +468,9 @@ def train_step(step, model, raw_model, optimizer, loaders, dev, xla_mesh, meter,
         group["lr"] = learning_rate_at(step)
     example = None
     for m, (stream, loader) in enumerate(loaders.items()):
+        t = time.perf_counter()
         source, target, deltas, skipped = next_batch(loader, stream, dev, xla_mesh)
+        meter["data_wait"] += time.perf_counter() - t
         meter["skipped_videos"] += skipped
         mask_perm = mask_permutation(step, stream, dev)
         # DDP all-reduces the gradients with the last micro-batch only; FSDP2 reduce-scatters after
@@ -546,11 +549,12 @@ def log_step(step, meter, progress):
     elapsed = now - meter["start"]
     examples_per_s = steps * batch_size / elapsed
     mfu = meter["flops"] * examples_per_s / world_size / meter["peak"] if meter["peak"] else None
+    data_wait = meter["data_wait"] / elapsed  # the share of the time spent in next_batch
     lr = learning_rate_at(step - 1)
     if master:
         row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                "examples": step * batch_size, "examples_per_s": examples_per_s, "mfu": mfu,
-               "skipped_videos": meter["skipped_videos"]}
+               "data_wait": data_wait, "skipped_videos": meter["skipped_videos"]}
         if device == "xla":  # graphs run per step, compilations since the last line: 1, 0 if steady
             import torch_xla.core.xla_model as xm
             import torch_xla.debug.metrics as metrics
@@ -562,10 +566,17 @@ def log_step(step, meter, progress):
             meter["xla"] = counts
         write_log(row)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{examples_per_s:.1f}",
-                             mfu="n/a" if mfu is None else f"{100 * mfu:.1f}%")
+                             mfu="n/a" if mfu is None else f"{100 * mfu:.1f}%",
+                             data_wait=f"{data_wait:.0%}")
+    if master and data_wait > 0.1 and not meter["warned"]:
+        meter["warned"] = True
+        tqdm.write(f"train.py: warning: {data_wait:.0%} of the time waiting for data: more loader "
+                   f"workers (--num_workers, now {num_workers}), prepared data (python data.py "
+                   "--src=VIDEOS --dst=PREPARED, then --data=PREPARED), or repeated sampling "
+                   "(--repeated_sampling=R)")
     meter["loss"].zero_()
     meter["grad_norm"].zero_()
-    meter.update(step=step, start=now)
+    meter.update(step=step, start=now, data_wait=0.0)
 
 
 @torch.no_grad()

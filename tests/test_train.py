@@ -250,6 +250,7 @@ def test_one_process_run(tmp_path):
     rows = log(tmp_path / "out")
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert all(r["loss"] > 0 and r["examples_per_s"] > 0 and r["mfu"] > 0 for r in rows)
+    assert all(0 < r["data_wait"] < 1 for r in rows)  # a share of the loop's time
     # lr: linear warm-up over 3 steps to 1e-3, cosine to min_lr 1e-4 at step 6, then flat.
     lrs = [r["lr"] for r in rows]
     assert lrs[:3] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
@@ -280,6 +281,23 @@ def test_one_process_run(tmp_path):
     assert {"cls_token", "mask_token", "tokenizer.bias", "encoder.norm.weight",
             "rnn_core.state_layer_norm.weight"} <= set(no_decay["params"])
     assert ckpt["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+
+
+def test_a_loop_that_waits_for_data_says_so_and_names_the_remedies(tmp_path):
+    """data_wait: the share of the loop's time spent waiting for the next batch. Large PNG frames
+    decoded in the training process (num_workers=0) for a tiny model: the wait dominates, and one
+    line names the remedies."""
+    noise = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    (tmp_path / "big" / "clip").mkdir(parents=True)
+    for i in range(10):
+        iio.imwrite(tmp_path / "big" / "clip" / f"{i:05d}.png", np.roll(noise, i, axis=1))
+    out = succeed(tmp_path / "out", data=tmp_path / "big", max_steps=3, ckpt_interval=0)
+    assert all(r["data_wait"] > 0.1 for r in log(tmp_path / "out")), log(tmp_path / "out")
+    warning = [line for line in out.splitlines() if "waiting for data" in line]
+    assert len(warning) == 1, out[-3000:]  # said once, not at every line
+    for remedy in ["--num_workers, now 0", "python data.py --src=VIDEOS --dst=PREPARED",
+                   "--data=PREPARED", "--repeated_sampling=R"]:
+        assert remedy in warning[0], warning
 
 
 # -- is it learning? the held-out loss and label propagation during training ---------------------
