@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import types
-from ast import literal_eval
 
 import torch
 import torch.distributed as dist
@@ -38,7 +37,7 @@ def configure(settings, argv, choices):
             if not eq:
                 sys.exit(f"train.py: {arg}: settings are given as --key=value")
             try:
-                value = literal_eval(text)
+                value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
                 value = text  # a bare word: --device=cpu
             if isinstance(settings.get(key), str) and not isinstance(value, (str, list, tuple)):
