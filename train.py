@@ -570,8 +570,8 @@ def log_step(step, meter, progress):
                              data_wait=f"{data_wait:.0%}")
     if master and data_wait > 0.1 and not meter["warned"]:
         meter["warned"] = True
-        tqdm.write(f"train.py: warning: {data_wait:.0%} of the time waiting for data: more loader "
-                   f"workers (--num_workers, now {num_workers}), prepared data (python data.py "
+        tqdm.write(f"train.py: warning: {data_wait:.0%} of the time waiting for data: more workers "
+                   f"(--num_workers, now {num_workers}), prepared data (python data.py "
                    "--src=VIDEOS --dst=PREPARED, then --data=PREPARED), or repeated sampling "
                    "(--repeated_sampling=R)")
     meter["loss"].zero_()
