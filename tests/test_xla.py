@@ -3,24 +3,22 @@ virtual devices). These run where torch_xla imports -- an environment made as th
 TPUs" says -- and are skipped elsewhere, CI included (it has no torch_xla)."""
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from conftest import ROOT
-from test_train import log, losses, train_args
+from test_train import launcher, log, losses, train_args
 
 pytest.importorskip("torch_xla", reason="torch_xla is not installed (README, 'On TPUs', says how)")
 XLA = dict(device="xla", max_steps=10, lr_decay_steps=20)
 
 
 def run(out_dir, nproc=1, devices=1, **settings):
-    env = {**os.environ, "PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": str(devices), "OMP_NUM_THREADS": "1",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    out = subprocess.run((launcher if nproc > 1 else [sys.executable]) + train_args(out_dir, **{**XLA, **settings}),
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": str(devices),
+           "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = launcher(nproc) + train_args(out_dir, **{**XLA, **settings})
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     return out.returncode, out.stdout + out.stderr
 
 
@@ -37,8 +35,8 @@ def test_one_process_equals_the_cpu_path_in_one_graph_per_step(tmp_path, cpu_ref
     assert code == 0, text[-3000:]
     assert losses(tmp_path) == pytest.approx(cpu_reference, abs=1e-5)
     rows = log(tmp_path)
-    # steady state: every step one graph, nothing compiled (the first steps compile; the step after the
-    # step-10 checkpoint is not in this run)
+    # steady state: every step one graph, nothing compiled (the first steps compile; the step after
+    # the step-10 checkpoint is not in this run)
     assert [r["xla_graphs_per_step"] for r in rows[2:]] == [1.0] * (len(rows) - 2)
     assert [r["xla_compiles"] for r in rows[2:9]] == [0] * 7
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)  # CPU tensors, a plain checkpoint
@@ -62,22 +60,25 @@ def test_spmd_shards_weights_and_optimizer_state_with_the_losses_of_one_device(t
     code, text = run(tmp_path / "four", devices=4, sharding="fsdp", **settings)
     assert code == 0, text[-3000:]
     # what each of the four devices holds of the largest weight, as the run reports it
-    assert "SPMD over 4 XLA devices" in text and "tokenizer.weight [32, 3, 8, 8] as [8, 3, 8, 8] + [8, 3, 8, 8] + " \
-        "[8, 3, 8, 8] + [8, 3, 8, 8]" in text, text[-3000:]
+    assert "SPMD over 4 XLA devices" in text, text[-3000:]
+    quarter = "[8, 3, 8, 8]"
+    assert f"tokenizer.weight [32, 3, 8, 8] as {' + '.join([quarter] * 4)}" in text, text[-3000:]
     assert losses(tmp_path / "four") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
     assert [r["xla_graphs_per_step"] for r in log(tmp_path / "four")[2:]] == [1.0] * 4
 
 
 def test_two_processes_on_the_cpu_runtime_stop_with_the_reason(tmp_path):
     code, text = run(tmp_path, nproc=2, sharding="ddp")
-    assert code != 0 and "torchrun started 2 processes, but the xla process group holds 1" in text, text[-3000:]
+    reason = "torchrun started 2 processes, but the xla process group holds 1"
+    assert code != 0 and reason in text, text[-3000:]
     code, text = run(tmp_path / "b", nproc=2, sharding="fsdp")
     assert code != 0 and "SPMD: one process over all its devices" in text, text[-3000:]
     assert not (tmp_path / "ckpt.pt").exists()
 
 
 def test_compile_and_activation_checkpointing_on_xla(tmp_path, cpu_reference):
-    for name, setting in [("compiled", {"compile": True}), ("checkpointed", {"grad_checkpoint": True})]:
+    for name, setting in [("compiled", {"compile": True}),
+                          ("checkpointed", {"grad_checkpoint": True})]:
         code, text = run(tmp_path / name, sharding="none", **setting)
         assert code == 0, text[-3000:]
         assert losses(tmp_path / name) == pytest.approx(cpu_reference, abs=1e-5), name
