@@ -67,7 +67,6 @@ TO_RGB = {"format": "rgb24"}
 if int(av.__version__.split(".")[0]) >= 17:
     TO_RGB["threads"] = 1
 
-# -----------------------------------------------------------------------------
 # The white-noise square (§4.4, Fig. 6)
 
 
@@ -109,7 +108,6 @@ def noise_square_video(n_frames=64, size=512, square_size=None, speed=None, dire
     return torch.from_numpy(video), torch.from_numpy(masks)
 
 
-# -----------------------------------------------------------------------------
 # Reading frames: one reader for video files and frame folders, reading only what is asked for
 
 
@@ -355,7 +353,6 @@ def index_folder(folder):
     return sorted(frame_dirs + files)
 
 
-# -----------------------------------------------------------------------------
 # Sampling clips and augmenting them (supplement §7)
 
 
@@ -422,7 +419,6 @@ def augment(clip, rng, size, flip_p=0.5, scale=CROP_SCALE, ratio=CROP_RATIO,
     return out
 
 
-# -----------------------------------------------------------------------------
 # The dataset
 
 
@@ -635,7 +631,6 @@ def make_loader(dataset, batch_size, num_workers=0):
                                        pin_memory=torch.cuda.is_available())
 
 
-# -----------------------------------------------------------------------------
 # Prepared data: python data.py --src=VIDEOS --dst=PREPARED
 
 

@@ -60,6 +60,7 @@ gap_min = 4  # each target lies gap_min..gap_max frames after the last source fr
 gap_max = 48  # (see gap_min)
 window = 64  # frames per training clip
 per_frame_crop = False  # a crop box per frame instead of one per clip (the paper's "frame-level")
+repeated_sampling = 1  # examples from one decoded window, each its own frames and crop; paper: 1
 num_workers = 8  # loader processes per rank
 # -- evaluation at step 0 and every eval_interval steps (log.jsonl, loss.png): is it learning?
 val_data = ""  # held-out videos (a spec as data): their loss, and copying the last source frame's
@@ -96,7 +97,7 @@ CHOICES = dict(device=("auto", "cuda", "cpu", "xla"), dtype=("bfloat16", "float3
                sharding=("fsdp", "ddp", "none"))
 POSITIVE = ("batch_size", "micro_batch", "max_steps", "log_interval", "eval_interval", "val_clips",
             "image_size", "patch_size", "width", "enc_heads", "core_heads", "dec_width",
-            "dec_heads", "base_grid")  # >= 1; the other numbers >= 0
+            "dec_heads", "base_grid", "repeated_sampling")  # >= 1; the other numbers >= 0
 
 
 def main():
@@ -116,7 +117,7 @@ def main():
     # world size builds the same initial model.
     streams = range(rank * grad_accum, (rank + 1) * grad_accum)
     start = ckpt["data"]["examples"] // (batch_size // micro_batch) if ckpt else 0
-    loaders, held_out, labelprop_videos = load_data(streams, start)
+    loaders, held_out, labelprop_videos, skipped = load_data(streams, start)
 
     # 4. The model, sharded, and its optimizer. Nothing after this draws from the global generators.
     torch.manual_seed(seed)
@@ -127,7 +128,7 @@ def main():
     del ckpt  # the mmap'd file is no longer needed
 
     # 5. Logs on rank 0: the run in one line, out_dir/log.jsonl, a progress bar.
-    meter = start_log(init, changed, start_step, raw_model, dev)
+    meter = start_log(init, changed, start_step, raw_model, dev, skipped)
     progress = tqdm(total=max_steps, initial=start_step, disable=not master, dynamic_ncols=True,
                     unit="step")
 
@@ -279,7 +280,8 @@ def start_processes():
 def load_data(streams, start):
     """Step 3: {stream: its loader from example `start` on, iterating} for this rank's streams;
     local rank 0 lists the folders first (data.py caches them). On rank 0, which evaluates: the
-    held-out clips and mask permutations, and labelprop_data's DAVIS videos, checked whole."""
+    held-out clips and mask permutations, and labelprop_data's DAVIS videos, checked whole. And
+    the videos passed over at start-up, by reason."""
     from data import ClipDataset, make_loader
 
     clips = dict(image_size=image_size, n_source=n_source, n_target=n_target, gap_min=gap_min,
@@ -291,7 +293,8 @@ def load_data(streams, start):
     if distributed and local_rank != 0:
         dist.barrier()
     try:
-        base = ClipDataset(data, **clips, seed=seed, stream=streams[0], start=start)
+        base = ClipDataset(data, **clips, repeated_sampling=repeated_sampling, seed=seed,
+                           stream=streams[0], start=start)
         setting = "val_data"
         val_stream = 2 ** 31 - 1  # a stream no training stream reaches
         if val_data and master:  # val_clips in whole micro-batches
@@ -324,7 +327,7 @@ def load_data(streams, start):
         loaders[stream] = iter(loader)
     # Not torch's SIGCHLD handler (a dead worker: a trace mid-step): next_batch meets the error.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    return loaders, held_out, videos
+    return loaders, held_out, videos, base.skipped
 
 
 def build_model(init, model_config):
@@ -426,9 +429,9 @@ def build_optimizer(model, ckpt, xla_mesh):
     return optimizer
 
 
-def start_log(init, changed, start_step, model, dev):
+def start_log(init, changed, start_step, model, dev, skipped):
     """Step 5: on rank 0, out_dir/log.jsonl anew (a resume keeps the lines up to its checkpoint and
-    notes the changes allowed). Returns what log_step reads."""
+    notes the changes allowed). Returns what log_step reads; `skipped`: start-up's bad videos."""
     flops = model.flops_per_example(image_size, n_source, n_target)
     peak = peak_flops_per_device
     if master:
@@ -446,9 +449,11 @@ def start_log(init, changed, start_step, model, dev):
               f"batch {batch_size} = {world_size} x {grad_accum} micro-batches x {micro_batch} | "
               f"peak lr {peak_lr:.3g} | steps {start_step}..{max_steps}", flush=True)
     zero = torch.zeros((), device=dev)
+    from data import SKIPS
+    at_start = torch.tensor([skipped[reason] for reason in SKIPS])  # every rank counts the same
     return dict(flops=flops, peak=peak, step=start_step, loss=zero, grad_norm=zero.clone(),
-                data_wait=0.0, skipped_videos=0, xla=[0, 0], warned=False,
-                start=time.perf_counter())
+                data_wait=0.0, skipped=torch.zeros(len(SKIPS), dtype=torch.int64, device=dev),
+                skipped_at_start=at_start, xla=[0, 0], warned=False, start=time.perf_counter())
 
 
 def learning_rate_at(step):
@@ -471,7 +476,7 @@ def train_step(step, model, raw_model, optimizer, loaders, dev, xla_mesh, meter,
         t = time.perf_counter()
         source, target, deltas, skipped = next_batch(loader, stream, dev, xla_mesh)
         meter["data_wait"] += time.perf_counter() - t
-        meter["skipped_videos"] += skipped
+        meter["skipped"] += skipped
         mask_perm = mask_permutation(step, stream, dev)
         # DDP all-reduces the gradients with the last micro-batch only; FSDP2 reduce-scatters after
         # each, which keeps only a shard of the gradients in memory.
@@ -503,7 +508,8 @@ def autocast(dev):
 
 def next_batch(loader, stream, dev, xla_mesh):
     """A stream's next micro-batch: frames on the device as floats in [0, 1] (SPMD: each device its
-    share), time gaps on the CPU, bad videos data.py passed over. A worker's error is one line."""
+    share), time gaps on the CPU, the draws data.py passed over (by reason, SKIPS). A worker's
+    error is one line."""
     try:
         batch = next(loader)
     except Exception as err:  # noqa: BLE001 -- a worker's error comes in its trace
@@ -518,7 +524,7 @@ def next_batch(loader, stream, dev, xla_mesh):
         import torch_xla.distributed.spmd as xs
         for x in (source, target):
             xs.mark_sharding(x, xla_mesh, ("fsdp",) + (None,) * (x.ndim - 1))
-    return source, target, batch["deltas"], int(batch["skipped"].sum())
+    return source, target, batch["deltas"], batch["skipped"].sum(0).to(dev, non_blocking=True)
 
 
 def on_device(batch, dev):
@@ -536,8 +542,10 @@ def mask_permutation(step, stream, dev):
 
 def log_step(step, meter, progress):
     """log.jsonl's line: a loss that is not finite stops the run before it is saved."""
+    skipped = meter["skipped"].clone()  # the draws of this rank's streams that met a bad video
     if distributed:  # every rank sees the same mean loss: on a NaN they all stop together
         dist.all_reduce(meter["loss"])
+        dist.all_reduce(skipped)  # ... and of every rank's
     steps = step - meter["step"]
     loss = meter["loss"].item() / world_size / steps
     grad_norm = meter["grad_norm"].item()
@@ -554,7 +562,10 @@ def log_step(step, meter, progress):
     if master:
         row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                "examples": step * batch_size, "examples_per_s": examples_per_s, "mfu": mfu,
-               "data_wait": data_wait, "skipped_videos": meter["skipped_videos"]}
+               "data_wait": data_wait}
+        from data import SKIPS  # bad videos passed over at start-up, and drawn since, by reason
+        skipped = meter["skipped_at_start"] + skipped.cpu()
+        row["skipped"] = dict(zip(SKIPS, skipped.tolist(), strict=True))
         if device == "xla":  # graphs run per step, compilations since the last line: 1, 0 if steady
             import torch_xla.core.xla_model as xm
             import torch_xla.debug.metrics as metrics
@@ -585,7 +596,7 @@ def evaluate(step, model, dev, held_out, labelprop_videos):
     numbers."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from eval_labelprop import davis_summary, evaluate as propagate_labels, model_features
+    from eval_labelprop import davis_summary, model_features, propagate_and_score
 
     net = model
     if fsdp:
@@ -608,7 +619,7 @@ def evaluate(step, model, dev, held_out, labelprop_videos):
     if labelprop_videos:  # as eval_labelprop.py does it
         for name, per_frame in [("core", False), ("encoder", True)]:
             extract = functools.partial(model_features, net, per_frame=per_frame, device=dev)
-            rows = propagate_labels("davis", labelprop_videos, extract, labelprop_resolution,
+            rows = propagate_and_score("davis", labelprop_videos, extract, labelprop_resolution,
                                     model.config.patch_size, dict(device=dev),
                                     say=lambda line: None)
             row[f"jf_{name}"] = davis_summary(rows)["jf"]

@@ -65,7 +65,8 @@ def toy(command):
 
 def workspace(tmp_path):
     """The scripts (linked) and the data the README tells a user to put in data/."""
-    for name in ["model.py", "data.py", "train.py", "eval_labelprop.py", "visualize.py", "bench.py", "configs"]:
+    for name in ["model.py", "data.py", "train.py", "safeguards.py", "eval_labelprop.py", "visualize.py",
+                 "bench.py", "configs"]:
         (tmp_path / name).symlink_to(ROOT / name)
     videos = tmp_path / "data" / "videos"
     videos.mkdir(parents=True)

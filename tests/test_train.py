@@ -331,6 +331,26 @@ def test_a_loop_that_waits_for_data_says_so_and_names_the_remedies(tmp_path):
         assert remedy in warning[0], warning
 
 
+def test_bad_videos_are_passed_over_and_counted_by_reason(tmp_path):
+    """A video with a variable frame rate and one corrupt halfway beside good frames: training goes
+    on (here with repeated sampling), and log.jsonl counts the draws that met them, by reason."""
+    from test_data import block_frames, coded_frames, write_corrupt_halfway, write_pngs
+    from test_data import write_variable_rate
+    frames = block_frames(80, 32)
+    (tmp_path / "videos").mkdir()
+    write_variable_rate(tmp_path / "videos" / "vfr.mp4", frames)
+    write_corrupt_halfway(str(tmp_path / "videos" / "corrupt.mp4"), frames)
+    write_pngs(tmp_path / "videos" / "good", coded_frames(80))
+    (tmp_path / "videos" / "empty.mp4").write_bytes(b"")
+    succeed(tmp_path / "out", data=tmp_path / "videos", max_steps=6, ckpt_interval=0,
+            repeated_sampling=2)
+    skipped = [r["skipped"] for r in log(tmp_path / "out") if "skipped" in r]
+    assert skipped[0]["unreadable"] == 1 and skipped[-1]["unreadable"] == 1  # at start-up, once
+    assert skipped[-1]["variable_rate"] > 0 and skipped[-1]["corrupt"] > 0, skipped[-1]
+    pairs = zip(skipped, skipped[1:], strict=False)
+    assert all(a[k] <= b[k] for a, b in pairs for k in a), "counts only grow"
+
+
 # -- is it learning? the held-out loss and label propagation during training ---------------------
 
 LABELPROP = dict(labelprop_resolution=(64, 112), labelprop_sequences="blackswan")
@@ -341,7 +361,7 @@ def test_held_out_loss_and_labelprop_during_training(tmp_path, davis):
     source frame (exactly 0 on a video that does not change) and the model at step 0;
     labelprop_data: J&F-Mean of core and encoder features, equal to eval_labelprop.py's on the
     checkpoint for the same sequences and resolution."""
-    from eval_labelprop import davis_summary, evaluate, main, model_features, read_davis
+    from eval_labelprop import davis_summary, main, model_features, propagate_and_score, read_davis
 
     still = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     (tmp_path / "still" / "clip").mkdir(parents=True)
@@ -358,7 +378,7 @@ def test_held_out_loss_and_labelprop_during_training(tmp_path, davis):
     model = load_model(out / "ckpt.pt")
     videos = read_davis(davis / "davis2017-mini", ["blackswan"])
     extract = lambda frames: model_features(model, frames, per_frame=True)  # noqa: E731
-    scored = evaluate("davis", videos, extract, (64, 112), model.config.patch_size)
+    scored = propagate_and_score("davis", videos, extract, (64, 112), model.config.patch_size)
     assert davis_summary(scored)["jf"] == rows[-1]["jf_encoder"]
     # and the core's through the command line:
     line = main(["--task=davis", f"--data={davis / 'davis2017-mini'}", f"--ckpt={out / 'ckpt.pt'}",
