@@ -22,9 +22,9 @@ each), 'noise_square' (the stimulus of §4.4, made on the fly), or a weighted mi
 [(spec, weight), ...] as the paper's (supplement Table 4). A video that cannot give the frames
 asked for is skipped with one warning and counted by its reason (SKIPS); training goes on.
 
-Determinism: example k of stream r is a pure function of (seed, r, k) -- every random draw comes
-from np.random.default_rng([seed, r, k // R, attempt]) -- so the number of loader workers changes
-nothing and a run resumes exactly by starting the stream at the example it had reached.
+Determinism: example k of stream r is a pure function of (seed, r, k) -- every draw comes from
+np.random.default_rng([seed, r, k // R, attempt]) -- so the number of loader workers changes
+nothing, and a run resumes exactly by starting the stream at the example it had reached.
 Clips stay uint8 until the device: x = batch['source'].to(device).float() / 255.
 
 For speed, `python data.py --src=VIDEOS --dst=PREPARED` copies a folder in the form read fastest
@@ -61,8 +61,7 @@ CROP_SCALE = (0.3, 1.0)  # RandomResizedCrop's area fraction (supplement §7)
 CROP_RATIO = (0.75, 1.25)  # ... and its aspect ratio w / h
 # Why a video was passed over: at start-up (the first two), or when an example asked for frames.
 SKIPS = ("unreadable", "too_short", "ends_early", "variable_rate", "corrupt")
-# PyAV >= 17 converts frames to RGB on a thread pool; one thread is faster: the loader's
-# workers are the parallelism.
+# PyAV >= 17 converts to RGB on a thread pool; one is faster (the workers are the parallelism)
 TO_RGB = {"format": "rgb24"}
 if int(av.__version__.split(".")[0]) >= 17:
     TO_RGB["threads"] = 1
@@ -73,12 +72,11 @@ if int(av.__version__.split(".")[0]) >= 17:
 def noise_square_video(n_frames=64, size=512, square_size=None, speed=None, direction="right",
                        seed=0, t=None, offset=0):
     """The stimulus as the authors' demo makes it: (video uint8 [T, 3, H, W], masks bool
-    [T, H, W]). At the defaults: 512 x 512 uniform noise, static, and a 256 x 256 square of its own
-    noise sliding rigidly over it (so every frame alone is uniform noise), vertically centred, its
-    left edge at frame t of T at t * (W - W//2) // T.
-    size, square_size: an int or (H, W) (None: half the frame). speed None follows that formula;
-    a number moves the square that many pixels per frame from `offset`, clipped with its mask
-    where it leaves the frame. seed: an int or a numpy Generator; t: only these frames."""
+    [T, H, W]). At the defaults: 512 x 512 static uniform noise, and a 256 x 256 square of its own
+    noise sliding rigidly over it (every frame alone is uniform noise), vertically centred, its
+    left edge at frame t of T at t * (W - W//2) // T. size, square_size: an int or (H, W) (None:
+    half the frame); a speed moves the square that many pixels per frame from `offset`, clipped
+    with its mask where it leaves the frame; seed: an int or a Generator; t: only these frames."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     height, width = (size, size) if isinstance(size, int) else size
@@ -310,10 +308,9 @@ def list_videos(folder):
 
 
 def index_folder(folder):
-    """Every video below `folder`: a sorted list of (path, n_frames, error or None). Frame folders
-    are counted while listing; video files are opened once, their counts cached by (size, mtime)
-    in <folder>/.rvm_index.json, or in CACHE_DIR if the folder is read-only: a restart over a
-    million videos opens only new and changed ones."""
+    """Every video below `folder`: a sorted list of (path, n_frames, error or None). Video files
+    are opened once, their counts cached by (size, mtime) in <folder>/.rvm_index.json (CACHE_DIR
+    if read-only): a restart over a million videos opens only new and changed ones."""
     writable = os.access(folder, os.W_OK) and os.stat(folder).st_mode & 0o222  # root honours r-x
     cache = os.path.join(folder, INDEX_NAME)
     if not writable:
@@ -358,11 +355,10 @@ def index_folder(folder):
 
 def sample_clips(rng, n_frames, repeats=1, n_source=4, n_target=4, gap_min=4, gap_max=48,
                  window=64):
-    """`repeats` clips of one window of a video, each (frame_idx int64 [n_source + n_target],
-    deltas int64 [n_target]), by the rule of the module docstring: a window of
-    L = min(window, n_frames) frames starting anywhere in the video, gaps ~ U{gap_min..gap_hi},
-    gap_hi = min(gap_max, L - n_source). One clip starts at the window's start; with repeats > 1
-    each starts anywhere in the window that leaves room for gap_hi."""
+    """`repeats` clips (frame_idx int64 [n_source + n_target], deltas int64 [n_target]) of one
+    window of L = min(window, n_frames) frames by the module docstring's rule, gaps ~
+    U{gap_min..min(gap_max, L - n_source)}. With repeats > 1, each starts anywhere in the window
+    that leaves room for those gaps."""
     length = min(window, n_frames)
     gap_hi = min(gap_max, length - n_source)
     if gap_hi < gap_min:
@@ -399,9 +395,8 @@ def random_resized_crop_box(rng, height, width, scale=CROP_SCALE, ratio=CROP_RAT
 def augment(clip, rng, size, flip_p=0.5, scale=CROP_SCALE, ratio=CROP_RATIO,
             per_frame_crop=False):
     """uint8 [T, 3, H, W] -> uint8 [T, 3, size, size]: a flip of the whole clip, then
-    RandomResizedCrop, bicubic and antialiased as torchvision. Resized as uint8, channels last:
-    fixed point as PIL's, 10x faster than floats and within a grey level of them on natural
-    images (each pass rounds and clips, where floats did so once)."""
+    RandomResizedCrop, bicubic and antialiased as torchvision's, on uint8 frames channels last:
+    fixed point as PIL's, 10x faster than on floats, within a grey level of them."""
     flip = rng.random() < flip_p  # video-level: every frame or none (supplement §7)
     H, W = clip.shape[-2:]
     clip = clip.contiguous(memory_format=torch.channels_last)
@@ -426,21 +421,21 @@ class ClipDataset(torch.utils.data.IterableDataset):
     """An endless, seeded stream of training examples; example k is `self.example(k)`, a dict:
         'source' uint8 [n_source, 3, S, S]   'target' uint8 [n_target, 3, S, S]
         'deltas' int64 [n_target]   'frame_idx' int64 [n_source + n_target] (in the video)
-        'index' (= k)   'skipped' int64 [len(SKIPS)]: draws passed over to make it, by reason
-    and, when every corpus is the noise square, its ground truth 'source_mask' and 'target_mask'
-    bool [., S, S]. At image_size S, a noise clip is the authors' stimulus at S x S, T = window."""
+        'index' (= k)   'skipped' int64 [len(SKIPS)]: draws passed over, by reason
+    and, when every corpus is the noise square (the authors' stimulus at S x S, T = window), its
+    ground truth 'source_mask' and 'target_mask' bool [., S, S]."""
 
     def __init__(self, corpora, *, image_size=256, n_source=4, n_target=4, gap_min=4, gap_max=48,
                  window=64, per_frame_crop=False, flip_p=0.5, repeated_sampling=1, seed=0,
                  stream=0, start=0):
         super().__init__()
         if min(n_source, n_target, repeated_sampling, gap_min) < 1 or gap_min > gap_max:
-            raise ValueError("need n_source, n_target, repeated_sampling >= 1 and "
-                             f"1 <= gap_min <= gap_max, got {n_source}, {n_target}, "
-                             f"{repeated_sampling}, {gap_min} and {gap_max}")
+            raise ValueError("need n_source, n_target, repeated_sampling >= 1, 1 <= gap_min <= "
+                             f"gap_max: {n_source}, {n_target}, {repeated_sampling}, {gap_min}, "
+                             f"{gap_max}")
         if n_source - 1 + gap_max >= window:
-            raise ValueError(f"a target gap_max={gap_max} after the last of n_source={n_source} "
-                             f"frames falls outside the window={window}")
+            raise ValueError(f"gap_max={gap_max} after n_source={n_source} frames leaves the "
+                             f"window={window}")
         self.clip = dict(n_source=n_source, n_target=n_target, gap_min=gap_min, gap_max=gap_max,
                          window=window)
         self.image_size = image_size
@@ -472,8 +467,7 @@ class ClipDataset(torch.utils.data.IterableDataset):
         self.skipped[reason] += 1
         if path not in self._warned:  # one line per file, however often it is drawn
             self._warned.add(path)
-            print(f"rvm data: skipping {path}: {message} ({reason}; {self.n_skipped} so far)",
-                  file=sys.stderr)
+            print(f"rvm data: skipping {path}: {message} ({reason})", file=sys.stderr)
 
     def _open(self, spec):
         """A folder, or 'noise_square[:square=A-B,speed=A-B,direction=D|D]' whose ranges are drawn
@@ -531,17 +525,16 @@ class ClipDataset(torch.utils.data.IterableDataset):
         return corpus
 
     def example(self, k):
-        """Example k of this stream: a pure function of (seed, stream, k). The R examples of group
-        k // R (repeated sampling) are made together, when the first of them is asked for."""
+        """Example k of this stream, a pure function of (seed, stream, k); the R examples of group
+        k // R are made together."""
         group = k // self.repeated_sampling
         if self._group[0] != group:
             self._group = (group, self._make_group(group))
         return {**self._group[1][k % self.repeated_sampling], "index": torch.tensor(k)}
 
     def _make_group(self, group):
-        """The R examples of a group: R clips of one window of a video, decoded once (or R fresh
-        noise-square stimuli). A video that fails is passed over, and the group drawn again; the
-        draws passed over are counted on the group's first example."""
+        """R clips of one window of a video, decoded once (or R noise-square stimuli). A video that
+        fails is passed over, the group drawn again, and counted on its first example."""
         skipped = torch.zeros(len(SKIPS), dtype=torch.int64)
         for attempt in range(100):
             rng = np.random.default_rng([self.seed, self.stream, group, attempt])
@@ -604,9 +597,8 @@ class ClipDataset(torch.utils.data.IterableDataset):
         return example
 
     def __iter__(self):
-        """Worker w of n makes examples (batches of B on make_loader's copy) w, w + n, w + 2n, ...
-        from start on; the DataLoader takes them from the workers in turn, so they come out in
-        index order."""
+        """Worker w of n makes examples (batches of B on make_loader's copy) w, w + n, ... from
+        start on; the DataLoader takes them from the workers in turn: they come out in order."""
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         B = self.batch_size or 1
@@ -701,9 +693,9 @@ def prepare_video(job):
 
 
 def prepare(src, dst, short_side=256, crf=23, workers=None):
-    """Every video and frame folder below src, prepared into the same place below dst (a frame
-    folder a/b becomes a/b.mp4, a video a/c.webm a/c.mp4), on every core. What is done already is
-    left as it is. Returns (how many are prepared, [(input, why it was skipped)])."""
+    """Every video and frame folder below src, prepared into its place below dst (a/b/ and
+    a/b.webm become a/b.mp4), on every core; what is done is left as it is. -> (how many are
+    prepared, [(input, why it was skipped)])."""
     src = os.path.realpath(src)
     dst = os.path.realpath(dst)
     if dst == src or dst.startswith(src + os.sep):
@@ -715,8 +707,8 @@ def prepare(src, dst, short_side=256, crf=23, workers=None):
         out = os.path.join(dst, os.path.splitext(os.path.relpath(path, src))[0] + ".mp4")
         if os.path.isdir(path):
             out = os.path.join(dst, os.path.relpath(path, src) + ".mp4")
-        if out in outputs:
-            skipped.append((path, f"its output {out} is {outputs[out]}'s"))
+        if out in outputs:  # a/b/ and a/b.mp4
+            skipped.append((path, f"{outputs[out]} has its name"))
             continue
         outputs[out] = path
         if not os.path.exists(out):
@@ -735,10 +727,9 @@ def prepare(src, dst, short_side=256, crf=23, workers=None):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description="Prepare a folder of videos for fast training: each video and frame folder "
-        "becomes an H.264 file of keyframes only at a short side of 256, the folder layout kept. "
-        "train.py's --data and --val_data take the result. Settings are written --name=value.")
+    parser = argparse.ArgumentParser(description="A folder of videos and frame folders, copied in "
+                                     "the form read fastest, for train.py's --data and --val_data "
+                                     "(prepare_video). Settings are written --name=value.")
     parser.add_argument("--src", required=True, help="a folder of videos and frame folders")
     parser.add_argument("--dst", required=True, help="where the copy goes (not inside src)")
     parser.add_argument("--short_side", type=int, default=256, help="frames resized to this "
