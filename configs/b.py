@@ -17,6 +17,6 @@ out_dir = "out/rvm-b"
 micro_batch = 32  # per GPU per forward/backward (a guess for 80 GB); accumulation does the rest
 # Repeated sampling departs from the paper (one clip per decoded window): 2 clips per window.
 # RVM-B trains 266 clips/s on one H200; from mp4s at short side 256 with a keyframe every 16
-# frames one core makes 23 clips/s at R = 1, 34 at R = 2, so 10 cores feed it at R = 2
+# frames one core makes 21 clips/s at R = 1, 36 at R = 2, so 10 cores feed it at R = 2
 # (python bench.py --only=loader; docs/bench.md). data.py's prepared form needs no R > 1.
 repeated_sampling = 2

@@ -9,6 +9,6 @@ core_heads = 16
 out_dir = "out/rvm-l"
 micro_batch = 16  # per GPU per forward/backward (a guess for 80 GB); accumulation does the rest
 # Repeated sampling: 1, the paper's (one clip per decoded window). RVM-L wants ~110 clips/s per
-# H200: 5 cores at 23 clips/s each feed it from mp4s at short side 256 with a keyframe every 16
+# H200: 5 cores at 21 clips/s each feed it from mp4s at short side 256 with a keyframe every 16
 # frames (python bench.py --only=loader; docs/bench.md).
 repeated_sampling = 1
