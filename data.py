@@ -211,7 +211,7 @@ def frame_index(path, stream):
     if not (rate and time_base):
         raise BadVideo(path, "variable_rate", "no frame rate in its header")
     t0 = stream.start_time or 0
-    frames_per_tick = float(time_base * rate)  # a float: Fractions cost a clip milliseconds
+    frames_per_tick = float(time_base * rate)  # floats: Fractions cost milliseconds
 
     def index(pts):
         if pts is None:
@@ -246,7 +246,7 @@ def _decode(path, want, by_pts):
                 rate, time_base = stream.average_rate, stream.time_base
                 container.seek(int((stream.start_time or 0) + want[0] / (time_base * rate)),
                                stream=stream)
-        reordered = not by_pts  # B-frames: frames leave the decoder in another order, decode all
+        reordered = not by_pts  # B-frames: decode all
         pending = []  # packets not decoded: no wanted frame has needed them yet
         for packet in container.demux(stream):
             if by_pts and packet.size:
@@ -445,9 +445,9 @@ class ClipDataset(torch.utils.data.IterableDataset):
         self.stream = stream
         self.start = start
         self.batch_size = None  # None: yield examples; make_loader's copy yields whole batches
-        self.skipped = Counter()  # draws (and at start-up, videos) passed over, by reason
+        self.skipped = Counter()  # videos (at start-up), then draws passed over, by reason
         self._warned = set()
-        self._group = (None, None)  # (group, its examples): the last made
+        self._group = (None, None)  # ((seed, stream, group), its examples): the last made
         if isinstance(corpora, str):
             corpora = [corpora]
         specs = [(c, 1.0) if isinstance(c, str) else c for c in corpora]
@@ -456,7 +456,7 @@ class ClipDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"need a spec or a list of (spec, weight > 0), got {corpora!r}")
         self.weights = weights / weights.sum()
         self.corpora = [self._open(spec) for spec, _ in specs]
-        # only when every corpus is the noise square can every example carry the square's masks
+        # only when every corpus is the noise square can every example carry its masks
         self.with_masks = all(c["type"] == "noise" for c in self.corpora)
 
     @property
@@ -528,8 +528,8 @@ class ClipDataset(torch.utils.data.IterableDataset):
         """Example k of this stream, a pure function of (seed, stream, k); the R examples of group
         k // R are made together."""
         group = k // self.repeated_sampling
-        if self._group[0] != group:
-            self._group = (group, self._make_group(group))
+        if self._group[0] != (self.seed, self.stream, group):
+            self._group = ((self.seed, self.stream, group), self._make_group(group))
         return {**self._group[1][k % self.repeated_sampling], "index": torch.tensor(k)}
 
     def _make_group(self, group):
@@ -545,7 +545,7 @@ class ClipDataset(torch.utils.data.IterableDataset):
                 path, n = corpus["videos"][rng.integers(len(corpus["videos"]))]
                 try:
                     examples = self._video_examples(rng, path, n)
-                except BadVideo as err:  # a video that fails now (ends early, ...) is passed over
+                except BadVideo as err:
                     self._skip(path, str(err).removeprefix(f"{err.path}: "), err.reason)
                     skipped[SKIPS.index(err.reason)] += 1
                     continue
@@ -561,7 +561,7 @@ class ClipDataset(torch.utils.data.IterableDataset):
         frames = read_frames(path, wanted, min_side=2 * self.image_size)
         examples = []
         for frame_idx, deltas in clips:
-            clip = frames[np.searchsorted(wanted, frame_idx)]  # numpy's indexing: a plain copy
+            clip = frames[np.searchsorted(wanted, frame_idx)]
             clip = torch.from_numpy(clip).permute(0, 3, 1, 2)  # [T, 3, H, W], channels last
             clip = augment(clip, rng, self.image_size, **self.augmentation)
             examples.append(self._pack(clip, frame_idx, deltas))
