@@ -702,7 +702,9 @@ def prepare(src, dst, short_side=256, crf=23, workers=None):
         raise ValueError(f"--dst={dst} is --src or inside it: it would be read as more videos")
     if not os.path.isdir(src):
         raise FileNotFoundError(f"--src={src}: no such folder")
-    jobs, skipped, outputs = [], [], {}
+    jobs = []
+    skipped = []
+    outputs = {}
     for path in list_videos(src):
         out = os.path.join(dst, os.path.splitext(os.path.relpath(path, src))[0] + ".mp4")
         if os.path.isdir(path):
