@@ -21,9 +21,9 @@ dec_heads = 4
 base_grid = 8  # the position table is built for the 8x8 grid the demo uses, never resized
 # The two choices that make the core carry the motion (docs/noise_square.md): with a visible target
 # patch, or with o_1..o_K to compare, the decoder finds the square by itself and the core need not.
-mask_ratio = 0.99  # int(64 * 0.01) = 0 visible target tokens: the decoder must be told where
-decoder_memory = "last"  # the square went, and only o_K (the state after the last source frame)
-# can tell it
+# With neither, the decoder must be told where the square went, and only o_K can tell it.
+mask_ratio = 0.99  # int(64 * 0.01) = 0 visible target tokens
+decoder_memory = "last"  # the decoder reads o_K alone: the core's state after the last source frame
 
 # Data: the stimulus made on the fly (data.py), random square sizes, speeds and directions; short
 # gaps, so that where the square went is still predictable from the source frames. Slow squares
