@@ -30,8 +30,7 @@ TOY = {"train.py": "--max_steps=2 --batch_size=2 --micro_batch=1 --num_workers=0
 
 
 def documented_commands():
-    """The commands of the README's bash blocks, then those of the scripts' docstrings, once
-    each."""
+    """The commands of the README's bash blocks, then the scripts' docstrings', once each."""
     texts = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     texts += [ast.get_docstring(ast.parse((ROOT / f).read_text())) for f in
               ("train.py", "eval_labelprop.py", "visualize.py", "bench.py")]
@@ -45,8 +44,7 @@ def documented_commands():
 
 
 def toy(command):
-    """The command at toy size: toy settings appended, 8 processes made 2, the demo's config
-    named."""
+    """The command at toy size: toy settings appended, 8 processes made 2, the config named."""
     words = shlex.split(command)
     script = next(w for w in words if w.endswith(".py"))
     if words == ["python", "train.py"]:
