@@ -459,10 +459,6 @@ class ClipDataset(torch.utils.data.IterableDataset):
         # only when every corpus is the noise square can every example carry its masks
         self.with_masks = all(c["type"] == "noise" for c in self.corpora)
 
-    @property
-    def n_skipped(self):
-        return sum(self.skipped.values())
-
     def _skip(self, path, message, reason):
         self.skipped[reason] += 1
         if path not in self._warned:  # one line per file, however often it is drawn
