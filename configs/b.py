@@ -1,8 +1,7 @@
 # RVM-B: Table 5 sizes (paper "Total Params" 117M); the decoder is the same for all sizes (Table 6),
 # train.py's defaults. Everything else is the paper's recipe, train.py's defaults too (§4.1):
-# global batch 2048 for 1M steps (~2B clips) at 256 px, AdamW (0.9, 0.95), weight decay 0.05,
-# lr 1.5e-4 * 2048 / 256 after a linear warm-up, cosine decay, bf16 compute on float32 weights,
-# FSDP.
+# global batch 2048 for 1M steps (~2B clips) at 256 px, AdamW (0.9, 0.95), weight decay 0.05, lr
+# 1.5e-4 * 2048 / 256 after a linear warm-up, cosine decay, bf16 compute on float32 weights, FSDP.
 #   python data.py --src=data/videos --dst=data/prepared    # once: the form read fastest
 #   torchrun --standalone --nproc_per_node=8 train.py configs/b.py --data=data/prepared
 # data: a folder of videos or frame folders, or the paper's mixture (supplement Table 4), e.g.
